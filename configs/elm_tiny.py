@@ -1,0 +1,33 @@
+# elm_tiny: an OpenELM-shaped model of about 10M parameters for a 2-core CPU (layer-wise scaling, GQA,
+# QK-norm, tied embeddings), trained on the embedded Python-stdlib corpus: `python train.py configs/elm_tiny.py`
+# architecture (ModelConfig fields)
+vocab_size = 8192
+block_size = 256
+n_layer = 6
+n_embd = 384
+head_dim = 32
+qkv_multipliers = (0.5, 1.0)
+ffn_multipliers = (0.5, 4.0)
+num_gqa_groups = 4
+ffn_dim_divisor = 64
+qk_norm = True
+tie_embeddings = True
+init = "corenet"
+z_loss = 1e-4
+# recipe: the OpenELM optimizer, shortened to fit about 10 minutes
+data_dir = "data/stdlib"
+out_dir = "out/elm_tiny"
+batch_size = 16
+global_batch_size = 16
+max_iters = 2000
+learning_rate = 5e-3
+min_lr = 5e-4
+warmup_iters = 100
+warmup_init_lr = 1e-6
+lr_decay_iters = 2000
+weight_decay = 0.1
+wd_exclude_1d = True
+grad_clip = 1.0
+eval_interval = 250
+eval_iters = 20
+dtype = "bfloat16"

@@ -1,0 +1,338 @@
+import dataclasses
+import glob
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import configurator
+from model import IGNORE_INDEX, ModelConfig, Transformer, per_layer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def config_from_file(name, **overrides):
+    scope = {}
+    exec(open(os.path.join(ROOT, "configs", f"{name}.py")).read(), {}, scope)
+    return ModelConfig(**{**{k: v for k, v in scope.items() if k in FIELDS}, **overrides})
+
+
+def tiny_elm(**kw):  # OpenELM-shaped: layer-wise scaling, GQA 4, QK-norm, tied embeddings
+    base = dict(vocab_size=97, block_size=64, n_layer=4, n_embd=64, head_dim=16, qkv_multipliers=(0.5, 1.0),
+                ffn_multipliers=(0.5, 4.0), num_gqa_groups=4, ffn_dim_divisor=32, qk_norm=True,
+                tie_embeddings=True, init="corenet")
+    return ModelConfig(**{**base, **kw})
+
+
+def tiny_llama(**kw):  # LLaMA-shaped: uniform, untied, head_dim 10 (not a power of two, like OpenLLaMA-3B's 100)
+    base = dict(vocab_size=97, block_size=64, n_layer=3, n_embd=60, n_head=6, n_kv_head=2, ffn_dim=96)
+    return ModelConfig(**{**base, **kw})
+
+
+def build(config, seed=0):
+    torch.manual_seed(seed)
+    return Transformer(config).eval()
+
+
+# ----------------------------------------------------------------------------- the spec's numbers
+
+SPEC_PARAMS = {"elm_270m": 271.53e6, "elm_450m": 457.18e6, "elm_1_1b": 1079.89e6, "elm_3b": 3036.65e6,
+               "open_llama_3b": 3.426e9, "open_llama_7b": 6.738e9, "open_llama_13b": 13.016e9}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_PARAMS))
+def test_param_counts_match_spec(name):
+    with torch.device("meta"):
+        model = Transformer(config_from_file(name))
+    assert all(p.is_meta for p in model.parameters())  # nothing allocated, even for 13B
+    expected = SPEC_PARAMS[name]
+    digits = 2 if name.startswith("elm") else 3  # the spec gives 271.53M and 3.426B
+    unit = 1e6 if name.startswith("elm") else 1e9
+    assert round(model.num_params() / unit, digits) == round(expected / unit, digits)
+
+
+def expand(runs):  # "12x5" style runs -> list
+    return [v for v, n in runs for _ in range(n)]
+
+
+SPEC_LAYERS = {  # spec section 1.5
+    "elm_270m": (expand([(12, 5), (16, 7), (20, 4)]),
+                 [768, 1024, 1280, 1536, 1792, 2048, 2560, 2816, 3072, 3328, 3584, 3840, 4352, 4608, 4864, 5120]),
+    "elm_450m": (expand([(12, 3), (16, 7), (20, 6), (24, 4)]),
+                 [768, 1024, 1280, 1536, 1792, 2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096, 4352, 4608, 5120,
+                  5376, 5632, 5888, 6144]),
+    "elm_1_1b": (expand([(16, 3), (20, 7), (24, 8), (28, 6), (32, 4)]),
+                 [1024, 1280, 1536, 1792, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096, 4608, 4608, 5120,
+                  5376, 5632, 5888, 6144, 6400, 6656, 6912, 7168, 7424, 7680, 7936, 8192]),
+    "elm_3b": (expand([(12, 4), (16, 14), (20, 12), (24, 6)]),
+               [1536, 1792, 2048, 2560, 2816, 3072, 3328, 3584, 4096, 4352, 4608, 4864, 5120, 5632, 5888, 6144,
+                6400, 6656, 7168, 7424, 7680, 7936, 8192, 8704, 8960, 9216, 9472, 9728, 10240, 10496, 10752, 11008,
+                11264, 11776, 12032, 12288]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_LAYERS))
+def test_openelm_layer_dims_match_spec(name):
+    heads, ffn = SPEC_LAYERS[name]
+    dims = config_from_file(name).layer_dims()
+    assert [d[0] for d in dims] == heads
+    assert [d[1] for d in dims] == [h // 4 for h in heads]
+    assert [d[2] for d in dims] == ffn
+    with torch.device("meta"):
+        model = Transformer(config_from_file(name))
+    hd = model.config.head_dim
+    for layer, (nq, nkv, f) in zip(model.layers, dims):  # the tensors take the per-layer shapes
+        assert layer.attn.qkv_proj.weight.shape == ((nq + 2 * nkv) * hd, model.config.n_embd)
+        assert layer.ffn.gate_up_proj.weight.shape == (2 * f, model.config.n_embd)
+
+
+def test_per_layer_multipliers_mirror_numpy():
+    # CoreNet/HF compute round(np.float64, 2) over np.linspace; our pure-Python version must agree exactly
+    for L in range(2, 65):
+        for lo, hi in [(0.5, 1.0), (0.5, 4.0), (0.25, 3.3)]:
+            assert per_layer((lo, hi), L) == [float(np.round(x, 2)) for x in np.linspace(lo, hi, L)]
+    assert per_layer(2.0, 3) == [2.0, 2.0, 2.0]
+    assert per_layer([1, 2, 3], 3) == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="n_layer=4"):
+        per_layer([1, 2, 3], 4)
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="multiple of n_kv_head"):
+        ModelConfig(n_head=6, n_kv_head=4)
+    with pytest.raises(ValueError, match="both qkv_multipliers and ffn_multipliers"):
+        ModelConfig(qkv_multipliers=(0.5, 1.0), head_dim=64)
+    with pytest.raises(ValueError, match="backend"):
+        ModelConfig(backend="cuda")
+    with pytest.raises(ValueError, match="block_size"):
+        build(tiny_llama(block_size=8))(torch.zeros(1, 9, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- invariants
+
+@pytest.mark.parametrize("make", [tiny_elm, tiny_llama])
+def test_causality(make):
+    model = build(make())
+    idx = torch.randint(0, 97, (2, 20))
+    changed = idx.clone()
+    changed[:, 13] = (changed[:, 13] + 1) % 97
+    a, b = model(idx), model(changed)
+    assert torch.equal(a[:, :13], b[:, :13])
+    assert not torch.allclose(a[:, 13:], b[:, 13:])
+
+
+@pytest.mark.parametrize("make", [tiny_elm, tiny_llama])
+@pytest.mark.parametrize("chunks", [[1] * 19, [5, 1, 7, 3, 1, 2], [19]])
+def test_kv_cache_decoding_equals_full_forward(make, chunks):
+    model = build(make())
+    idx = torch.randint(0, 97, (2, sum(chunks)))
+    full = model(idx)
+    model.setup_cache(batch_size=2, max_len=32)
+    out, t = [], 0
+    for n in chunks:
+        out.append(model(idx[:, t:t + n], input_pos=torch.arange(t, t + n)))
+        t += n
+    torch.testing.assert_close(torch.cat(out, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_rewind_overwrites_stale_slots():
+    # decode 10 tokens, rewind to 6 and feed different tokens: the logits equal a fresh forward
+    model = build(tiny_elm())
+    idx = torch.randint(0, 97, (1, 10))
+    alt = torch.randint(0, 97, (1, 4))
+    model.setup_cache(1, 16)
+    model(idx, input_pos=torch.arange(10))
+    rewound = model(alt, input_pos=torch.arange(6, 10))
+    fresh = model(torch.cat([idx[:, :6], alt], 1))[:, 6:]
+    torch.testing.assert_close(rewound, fresh, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_batch_equals_each_prompt_alone():
+    model = build(tiny_llama())
+    prompts = [torch.randint(0, 97, (n,)) for n in (9, 4, 6)]
+    T = max(len(p) for p in prompts)
+    idx = torch.zeros(3, T, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        idx[i, T - len(p):] = p
+    left_pad = torch.tensor([T - len(p) for p in prompts])
+    model.setup_cache(3, 16)
+    logits = model(idx, input_pos=torch.arange(T), left_pad=left_pad)
+    nxt = logits[:, -1].argmax(-1, keepdim=True)
+    step = model(nxt, input_pos=torch.tensor([T]), left_pad=left_pad)
+    for i, p in enumerate(prompts):
+        alone = model(torch.cat([p, nxt[i]]).unsqueeze(0))  # no input_pos: the cache is not used
+        torch.testing.assert_close(logits[i, T - len(p):], alone[0, :-1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(step[i, 0], alone[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    gqa = build(tiny_llama(n_head=6, n_kv_head=2))
+    mha = build(tiny_llama(n_head=6, n_kv_head=6), seed=1)
+    sd = gqa.state_dict()
+    hd, group = gqa.config.dim_head, 3
+    for i in range(gqa.config.n_layer):
+        w = sd[f"layers.{i}.attn.qkv_proj.weight"]
+        q, k, v = w.split([6 * hd, 2 * hd, 2 * hd])
+        rep = lambda t: t.view(2, hd, -1).repeat_interleave(group, dim=0).reshape(6 * hd, -1)  # kv head h//3
+        sd[f"layers.{i}.attn.qkv_proj.weight"] = torch.cat([q, rep(k), rep(v)])
+    mha.load_state_dict(sd)
+    idx = torch.randint(0, 97, (2, 15))
+    torch.testing.assert_close(gqa(idx), mha(idx), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [tiny_elm, tiny_llama])
+def test_sdpa_and_eager_backends_agree(make):
+    a = build(make(backend="sdpa"))
+    b = build(make(backend="eager"))
+    idx = torch.randint(0, 97, (2, 21))
+    torch.testing.assert_close(a(idx), b(idx), atol=1e-5, rtol=1e-5)
+    a.setup_cache(2, 32), b.setup_cache(2, 32)
+    pos = torch.arange(21)
+    torch.testing.assert_close(a(idx, input_pos=pos), b(idx, input_pos=pos), atol=1e-5, rtol=1e-5)
+
+
+def test_tied_embeddings_share_one_tensor():
+    model = build(tiny_elm())
+    assert "lm_head.weight" not in model.state_dict() and not hasattr(model, "lm_head")
+    with torch.no_grad():
+        model.tok_embeddings.weight[5].zero_()  # the output row of token 5 is the same tensor
+    assert torch.all(model(torch.randint(0, 97, (1, 8)))[..., 5] == 0)
+    untied = build(tiny_llama())
+    assert untied.lm_head.weight.data_ptr() != untied.tok_embeddings.weight.data_ptr()
+
+
+# ----------------------------------------------------------------------------- init, loss, optimizer
+
+def test_init_statistics_follow_each_family():
+    c = tiny_elm(n_embd=256, head_dim=32, n_layer=4, vocab_size=2000, ffn_dim_divisor=64)
+    elm = build(c)
+    d, L = c.n_embd, c.n_layer
+    for name, p in elm.named_parameters():
+        if p.dim() == 1:
+            assert torch.all(p == 1), name
+            continue
+        if name.endswith(("out_proj.weight", "down_proj.weight")):
+            want = d ** -0.5 * (2 * L) ** -0.5
+        elif name == "tok_embeddings.weight":
+            want = d ** -0.5
+        else:
+            want = p.shape[1] ** -0.5
+        assert abs(p.std().item() / want - 1) < 0.05, name
+    llama = build(tiny_llama(n_embd=240, n_head=4, n_kv_head=4, ffn_dim=512, vocab_size=2000))
+    for name, p in llama.named_parameters():
+        if p.dim() == 1:
+            assert torch.all(p == 1), name
+        else:
+            assert abs(p.std().item() / 0.02 - 1) < 0.05, name
+
+
+def test_meta_construction_then_init():
+    with torch.device("meta"):
+        model = Transformer(tiny_elm())
+    model.to_empty(device="cpu")
+    model.init_weights()
+    ref = build(tiny_elm())
+    for (n, p), (_, r) in zip(model.named_parameters(), ref.named_parameters()):
+        assert p.device.type == "cpu" and torch.isfinite(p).all()
+        assert abs(p.std().item() - r.std().item()) < 0.2 * r.std().item() + 1e-6, n
+
+
+def test_loss_z_loss_and_ignore_index():
+    model = build(tiny_elm(z_loss=1e-2))
+    idx = torch.randint(0, 97, (2, 12))
+    targets = torch.randint(0, 97, (2, 12))
+    targets[0, :5] = IGNORE_INDEX
+    logits, loss = model(idx, targets)
+    keep = targets.view(-1) != IGNORE_INDEX
+    flat = logits.view(-1, 97)[keep]
+    ce = torch.nn.functional.cross_entropy(flat, targets.view(-1)[keep])
+    torch.testing.assert_close(loss, ce)  # eval mode: plain cross-entropy
+    model.train()
+    _, loss = model(idx, targets)
+    torch.testing.assert_close(loss, ce + 1e-2 * torch.logsumexp(flat, -1).pow(2).mean())
+
+
+def test_optimizer_weight_decay_groups():
+    model = build(tiny_elm())
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), exclude_1d=True)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert any(p is model.tok_embeddings.weight for p in decay["params"])  # embeddings are decayed
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), exclude_1d=False)  # EasyLM: decay everything
+    assert len(opt.param_groups[0]["params"]) == len(list(model.parameters()))
+
+
+def test_flops_and_mfu():
+    c = tiny_llama()
+    model = build(c)
+    n_matmul = model.num_params() - c.vocab_size * c.n_embd  # the input lookup multiplies nothing
+    want = 6 * n_matmul + c.n_layer * 12 * c.n_head * c.dim_head * 32
+    assert model.flops_per_token(32) == want
+    assert model.estimate_mfu(1000.0, 32, device_name="NVIDIA H100 80GB HBM3") == pytest.approx(want * 1000 / 989e12)
+    assert model.estimate_mfu(1000.0, 32, device_name="NVIDIA A100-SXM4-80GB") == pytest.approx(want * 1000 / 312e12)
+    assert model.estimate_mfu(1000.0, 32, device_name="cpu") is None
+    assert model.estimate_mfu(1000.0, 32, peak_flops=1e12) == pytest.approx(want * 1000 / 1e12)
+    tied = build(tiny_elm())
+    assert tied.flops_per_token(8) == 6 * tied.num_params() + sum(12 * h * 16 * 8 for h, _, _ in tied.config.layer_dims())
+
+
+def test_every_config_file_builds():
+    names = [os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))]
+    assert {"elm_tiny", "llama_tiny", "elm_270m", "open_llama_13b"} <= set(names)
+    for name in names:
+        if name.startswith(("finetune",)):
+            continue
+        with torch.device("meta"):
+            Transformer(config_from_file(name))
+    assert 8e6 < build(config_from_file("elm_tiny")).num_params() < 14e6
+
+
+# ----------------------------------------------------------------------------- configurator
+
+def test_configurator_applies_file_and_overrides(tmp_path):
+    cfg = tmp_path / "c.py"
+    cfg.write_text("lr = 0.5\nname = 'from_file'\n")
+    scope = {"lr": 0.1, "steps": 10, "name": "x", "betas": (0.9, 0.95), "flag": True, "__file__": "t.py"}
+    out = configurator.configure(scope, [str(cfg), "--steps=20", "--name=123", "--betas=(0.8,0.9)", "--flag=False"])
+    assert scope["lr"] == 0.5 and scope["steps"] == 20 and scope["name"] == "123"
+    assert scope["betas"] == (0.8, 0.9) and scope["flag"] is False and out["steps"] == 20
+    configurator.configure(scope, ["--lr=1"])  # an int where a float is expected widens
+    assert scope["lr"] == 1.0 and isinstance(scope["lr"], float)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stepz=3"], "unknown setting 'stepz'"),
+    (["--steps=3.5"], "steps is a int"),
+    (["--steps=True"], "steps is a int"),
+    (["--flag=3"], "flag is a bool"),
+    (["--steps"], "malformed argument"),
+    (["nonsense"], "neither a config file"),
+    (["missing.py"], "cannot read config file"),
+])
+def test_configurator_refuses_bad_input(argv, message):
+    scope = {"steps": 10, "flag": True, "__file__": "t.py"}
+    with pytest.raises(SystemExit, match=message):
+        configurator.configure(scope, argv)
+
+
+def test_configurator_refuses_unknown_key_in_file(tmp_path):
+    cfg = tmp_path / "c.py"
+    cfg.write_text("n_layre = 4\n")
+    with pytest.raises(SystemExit, match="unknown key 'n_layre'"):
+        configurator.configure({"n_layer": 2}, [str(cfg)])
+
+
+def test_configurator_error_is_one_line_without_traceback(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(f"import sys; sys.path.insert(0, {ROOT!r})\nimport configurator\nsteps = 1\n"
+                      "configurator.configure(globals(), sys.argv[1:])\n")
+    r = subprocess.run([sys.executable, str(script), "--steps=x"], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "steps" in r.stderr
