@@ -336,3 +336,80 @@ def test_configurator_error_is_one_line_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, str(script), "--steps=x"], capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "steps" in r.stderr
+
+
+# ----------------------------------------------------------------------------- an independent reference
+
+def reference_logits(model, idx):
+    """The spec's forward pass written out plainly in float64 for one sequence: per-head loops, RoPE as
+    complex rotation of the pairs (x[r], x[r + D/2]), explicit GQA head mapping h -> h // group."""
+    c, T = model.config, idx.shape[0]
+    sd = {k: v.double() for k, v in model.state_dict().items()}
+    hd = c.dim_head
+
+    def rms(x, w):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + c.norm_eps) * w
+
+    theta = c.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    rot = torch.polar(torch.ones(T, hd // 2, dtype=torch.float64), torch.arange(T)[:, None] * theta)
+
+    def rope(x):  # (T, H, hd)
+        z = torch.complex(x[..., : hd // 2], x[..., hd // 2:]) * rot[:, None, :]
+        return torch.cat([z.real, z.imag], -1)
+
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+    x = sd["tok_embeddings.weight"][idx]
+    for i, (nq, nkv, f) in enumerate(c.layer_dims()):
+        p = f"layers.{i}."
+        qkv = rms(x, sd[p + "attn_norm.weight"]) @ sd[p + "attn.qkv_proj.weight"].T
+        q = qkv[:, : nq * hd].reshape(T, nq, hd)
+        k = qkv[:, nq * hd:(nq + nkv) * hd].reshape(T, nkv, hd)
+        v = qkv[:, (nq + nkv) * hd:].reshape(T, nkv, hd)
+        if c.qk_norm:
+            q, k = rms(q, sd[p + "attn.q_norm.weight"]), rms(k, sd[p + "attn.k_norm.weight"])
+        q, k = rope(q), rope(k)
+        heads = []
+        for h in range(nq):
+            kv = h // (nq // nkv)
+            s = (q[:, h] @ k[:, kv].T / math.sqrt(hd)).masked_fill(future, float("-inf"))
+            heads.append(torch.softmax(s, -1) @ v[:, kv])
+        x = x + torch.cat(heads, -1) @ sd[p + "attn.out_proj.weight"].T
+        gu = rms(x, sd[p + "ffn_norm.weight"]) @ sd[p + "ffn.gate_up_proj.weight"].T
+        x = x + (torch.nn.functional.silu(gu[:, :f]) * gu[:, f:]) @ sd[p + "ffn.down_proj.weight"].T
+    x = rms(x, sd["norm.weight"])
+    return x @ (sd["tok_embeddings.weight"] if c.tie_embeddings else sd["lm_head.weight"]).T
+
+
+@pytest.mark.parametrize("make", [tiny_elm, tiny_llama])
+def test_forward_equals_plain_reference(make):
+    model = build(make())
+    with torch.no_grad():  # non-trivial norm weights, so a misplaced or missing norm shows
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5)
+    idx = torch.randint(0, 97, (23,))
+    torch.testing.assert_close(model(idx[None])[0].double(), reference_logits(model, idx), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_attention_chunk_is_aligned_bottom_right(backend):
+    # the last Tq queries against all Tk keys are the last Tq rows of full causal attention
+    import kernels
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 8, 11, 16), torch.randn(2, 2, 11, 16), torch.randn(2, 2, 11, 16)
+    full = kernels.attention(q, k, v, causal=True, backend=backend)
+    for Tq in (1, 3, 10):
+        part = kernels.attention(q[:, :, -Tq:], k, v, causal=True, backend=backend)
+        torch.testing.assert_close(part, full[:, :, -Tq:], atol=1e-6, rtol=1e-5)
+
+
+def test_rms_norm_matches_transformers_bit_for_bit_in_bf16():
+    # normalise in fp32, cast to the input dtype, then scale (spec trap 7): HF Llama's order
+    import kernels
+    LlamaRMSNorm = pytest.importorskip("transformers.models.llama.modeling_llama").LlamaRMSNorm
+    torch.manual_seed(0)
+    ref = LlamaRMSNorm(64, eps=1e-6).to(torch.bfloat16)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+    x = (torch.randn(5, 7, 64) * 3).to(torch.bfloat16)
+    assert torch.equal(kernels.rms_norm(x, ref.weight, 1e-6, backend="eager"), ref(x))
