@@ -1,0 +1,512 @@
+"""
+Text -> tokenizer + token files, the input of train.py and eval.py.
+
+    python prepare.py                                        # Python's standard library, a trained 8192-piece BPE
+    python prepare.py --source=my_corpus/ --tokenizer=llama/tokenizer.model --name=mine
+    python prepare.py --source=hf:HuggingFaceFW/fineweb-edu --hf_config=sample-10BT --tokenizer=tiktoken:gpt2
+
+writes data/<name>/: token files (flat uint16/uint32 arrays of token ids, every document wrapped in BOS ... EOS),
+meta.json, tokenizer.model (SentencePiece only) and manifest.json, the progress record a re-run resumes from.
+train.py, sample.py, eval.py and hf.py use Tokenizer, load_tokenizer, read_meta and open_split from here.
+"""
+import hashlib
+import io
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import sysconfig
+import time
+from multiprocessing import Pool
+
+import numpy as np
+
+# -----------------------------------------------------------------------------
+# settings: override with a config file or --key=value (see configurator.py)
+source = "stdlib"  # "stdlib" (this interpreter's standard library), a .txt/.jsonl/.parquet file or folder, or "hf:<dataset>"
+name = ""  # output folder data_root/<name>; "" derives it from the source
+data_root = "data"  # where the <name> folder goes
+tokenizer = ""  # "" trains a SentencePiece BPE on the train split; or path/to/tokenizer.model; or "tiktoken:gpt2"
+vocab_size = 8192  # vocabulary of the trained tokenizer (ignored for an existing one)
+tokenizer_sentences = 25_000  # cap on the <=4000-character chunks the trainer sees (~80-100 MB, ~1 min on 2 cores)
+text_field = "text"  # the text column of .jsonl/.parquet rows and Hugging Face datasets
+extensions = ".txt .md .py .jsonl .parquet"  # file types picked up when walking a folder
+doc_separator = ""  # split .txt files into documents on this string (e.g. "\n\n\n"); "" = a file is a document
+hf_config = ""  # Hugging Face dataset config, e.g. "sample-10BT"
+hf_split = "train"  # Hugging Face split to stream; we re-split it into train/val/test ourselves
+max_documents = 0  # stop after this many documents (0 = all); bounds a streamed Hugging Face dataset
+val_fraction = 0.01  # share of documents held out for validation
+test_fraction = 0.01  # share held out for the test split, which neither training nor validation sees
+shard_tokens = 100_000_000  # a split longer than this is written as <split>_000.bin, <split>_001.bin, ...
+dtype = "auto"  # token file dtype: "auto" (uint16 when vocab_size <= 65536, else uint32), "uint16" or "uint32"
+num_proc = max(1, min(8, os.cpu_count() or 1))  # tokenizer processes (and SentencePiece trainer threads)
+# -----------------------------------------------------------------------------
+_SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, str))]
+_SPLITS = ("train", "val", "test")
+_CHUNK_CHARS = 4000  # SentencePiece trains on "sentences"; we give it runs of whole lines up to this long
+_BATCH_CHARS = 4 << 20  # text per tokenizer process per round: bounds memory, keeps the progress bar moving
+
+
+class Tokenizer:
+    """One interface over a SentencePiece model file (LLaMA, OpenLLaMA, ours) and a tiktoken encoding."""
+
+    def __init__(self, spec):
+        self.spec = str(spec)
+        if self.spec.startswith("tiktoken:"):
+            self.kind, self.name = "tiktoken", self.spec
+            self._enc = _tiktoken_encoding(self.spec.split(":", 1)[1])
+            self.vocab_size = self._enc.n_vocab
+            self.bos_id = self.eos_id = self._enc.eot_token  # tiktoken's one special token, <|endoftext|>, is both
+            self.pad_id = None
+            return
+        import sentencepiece as spm
+        path = os.path.join(self.spec, "tokenizer.model") if os.path.isdir(self.spec) else self.spec
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: tokenizer file {path!r} not found: give a SentencePiece .model file, "
+                             f"'tiktoken:<encoding>', or leave --tokenizer empty to train one")
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=path)
+        except (RuntimeError, OSError) as e:
+            raise SystemExit(f"error: {path} is not a SentencePiece model ({e}): give a tokenizer.model file")
+        self.kind, self.name = "sentencepiece", path
+        self.vocab_size = self._sp.get_piece_size()
+        self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+        self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else None  # LLaMA's has none (-1)
+
+    def encode(self, text, bos=False, eos=False):
+        ids = self._sp.encode(text) if self.kind == "sentencepiece" else self._enc.encode_ordinary(text)
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+    def decode(self, ids):
+        ids = [int(i) for i in ids]  # numpy and torch integers in, plain ints out
+        return self._sp.decode(ids) if self.kind == "sentencepiece" else self._enc.decode(ids)
+
+    def __reduce__(self):  # pickles as its spec, so DataLoader and Pool workers can take one
+        return Tokenizer, (self.spec,)
+
+
+def _tiktoken_encoding(enc_name):
+    try:
+        import tiktoken
+    except ImportError:
+        raise SystemExit(f"error: tokenizer 'tiktoken:{enc_name}' needs the tiktoken package: pip install tiktoken")
+    if enc_name not in tiktoken.list_encoding_names():
+        raise SystemExit(f"error: unknown tiktoken encoding {enc_name!r}: use one of {tiktoken.list_encoding_names()}")
+    try:
+        return tiktoken.get_encoding(enc_name)
+    except Exception as e:  # requests' ConnectionError, an HTTP error, a bad cache: all mean "could not get the files"
+        raise SystemExit(f"error: tiktoken could not fetch the BPE files of {enc_name!r} ({type(e).__name__}; this "
+                         f"machine may be offline): copy tiktoken's cache from a connected machine and point "
+                         f"TIKTOKEN_CACHE_DIR at it")
+
+
+def read_meta(data_dir):
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {path} not found: prepare the data first (python prepare.py --name=...)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_tokenizer(data_dir):
+    """The tokenizer a data folder was prepared with."""
+    meta = read_meta(data_dir)
+    if meta["tokenizer"] == "tiktoken":
+        return Tokenizer("tiktoken:" + meta["tiktoken_encoding"])
+    return Tokenizer(os.path.join(data_dir, meta["tokenizer_file"]))
+
+
+def open_split(data_dir, split):
+    """A split's token files as read-only memmaps, in order (an empty split gives [])."""
+    meta = read_meta(data_dir)
+    if split not in meta["splits"]:
+        raise SystemExit(f"error: {data_dir} has no {split!r} split: choose one of {sorted(meta['splits'])}")
+    paths = [os.path.join(data_dir, f) for f in meta["splits"][split]["files"]]
+    for p in paths:
+        if not os.path.isfile(p):
+            raise SystemExit(f"error: token file {p} is missing: re-run prepare.py for {data_dir}")
+    return [np.memmap(p, dtype=meta["dtype"], mode="r") for p in paths]
+
+
+# -----------------------------------------------------------------------------
+# sources: (key, text) per document in a fixed order; the key alone decides the split
+
+
+def split_of(key, val=0.01, test=0.01):
+    """train/val/test from a document's key (its path relative to the source root, '#row' for rows). sha256,
+    not Python's salted hash(): the same file lands in the same split on every run and every machine."""
+    u = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    return "val" if u < val else "test" if u < val + test else "train"
+
+
+def stdlib_root():
+    return sysconfig.get_paths()["stdlib"]
+
+
+def source_files(src, exts=extensions):
+    """(root, sorted file list) of a local source; "stdlib" is its .py files, site-packages left out."""
+    if src == "stdlib":
+        root, exts, prune = stdlib_root(), (".py",), {"site-packages", "dist-packages"}
+    elif os.path.isdir(src):
+        root, exts, prune = src, tuple(exts.split()), set()
+    elif os.path.isfile(src):
+        return os.path.dirname(src) or ".", [src]
+    else:
+        raise SystemExit(f"error: source {src!r} not found: give 'stdlib', an existing .txt/.jsonl/.parquet file "
+                         f"or folder, or 'hf:<dataset>'")
+    files = []
+    for d, dirs, names in os.walk(root):  # top-down, so sorting dirs in place fixes the whole order
+        dirs[:] = sorted(x for x in dirs if x not in prune and x != "__pycache__" and not x.startswith("."))
+        files += [os.path.join(d, f) for f in sorted(names) if f.endswith(exts)]
+    return root, files
+
+
+def documents(src, text_field="text", exts=extensions, doc_separator="", hf_config="", hf_split="train", skipped=None):
+    """Yield (key, text) for every non-empty document. Files that cannot be read or are not UTF-8, and .jsonl
+    lines that are not JSON, are skipped and appended to `skipped` as (where, why)."""
+    skipped = [] if skipped is None else skipped
+    if src.startswith("hf:"):
+        yield from _hf_documents(src[3:], text_field, hf_config, hf_split)
+        return
+    root, files = source_files(src, exts)
+    for path in files:
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        try:
+            if path.endswith(".jsonl"):
+                rows = _jsonl_rows(path, text_field, skipped)
+            elif path.endswith(".parquet"):
+                rows = _parquet_rows(path, text_field)
+            else:
+                with open(path, encoding="utf-8", newline="") as f:  # newline="": \r\n stays as written
+                    text = f.read()
+                if not doc_separator:
+                    yield from [(rel, text)] if text else []
+                    continue
+                rows = text.split(doc_separator)
+            yield from ((f"{rel}#{i}", t) for i, t in enumerate(rows) if t)
+        except (OSError, ValueError) as e:  # ValueError: UnicodeDecodeError, pyarrow's ArrowInvalid
+            skipped.append((path, type(e).__name__))
+
+
+def _jsonl_rows(path, field, skipped):
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:  # not JSON, or not UTF-8
+                skipped.append((f"{path}:{lineno}", type(e).__name__))
+                continue
+            if not isinstance(row, dict) or field not in row:
+                keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+                raise SystemExit(f"error: {path}:{lineno} has no {field!r} field (it has {keys}): set --text_field")
+            yield row[field] or ""
+
+
+def _parquet_rows(path, field):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SystemExit(f"error: reading {path} needs pyarrow: pip install pyarrow")
+    pf = pq.ParquetFile(path)
+    if field not in pf.schema_arrow.names:
+        raise SystemExit(f"error: {path} has no {field!r} column (it has {pf.schema_arrow.names}): set --text_field")
+    for batch in pf.iter_batches(batch_size=1024, columns=[field]):  # a batch at a time: bounded memory
+        yield from (t or "" for t in batch.column(0).to_pylist())
+
+
+def _hf_documents(dataset, field, config, split):
+    try:
+        import datasets
+    except ImportError:
+        raise SystemExit(f"error: --source=hf:{dataset} needs the datasets package: pip install datasets")
+    try:
+        for i, row in enumerate(datasets.load_dataset(dataset, config or None, split=split, streaming=True)):
+            if field not in row:
+                raise SystemExit(f"error: {dataset} rows have no {field!r} field (they have {sorted(row)}): set --text_field")
+            if row[field]:
+                yield str(row.get("id", i)), row[field]  # a row id survives reordering; else its position
+    except Exception as e:  # offline, a wrong name or config, a dropped connection mid-stream
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SystemExit(f"error: cannot stream Hugging Face dataset {dataset!r} ({msg}): check the name, "
+                         f"--hf_config and the network (offline machines need a local copy: --source=path)")
+
+
+# -----------------------------------------------------------------------------
+# tokenizer training
+
+
+def _chunks(text, size=_CHUNK_CHARS):
+    """Whole lines, newlines kept, in pieces of at most `size` characters (longer lines are cut), so the trainer
+    learns pieces such as '):\\n' and no sentence exceeds its length limit."""
+    buf = ""
+    for line in text.splitlines(keepends=True):
+        if buf and len(buf) + len(line) > size:
+            yield buf
+            buf = ""
+        while len(line) > size:
+            yield line[:size]
+            line = line[size:]
+        buf += line
+    if buf:
+        yield buf
+
+
+def train_tokenizer(texts, path, vocab_size=8192, max_sentences=25_000, num_threads=1):
+    """Train a SentencePiece BPE on an iterable of texts and write it to `path`. LLaMA's conventions (byte fallback,
+    digits split, unk 0, bos 1, eos 2, no pad) except that text round-trips exactly: identity normalization, runs
+    of spaces and whitespace-only pieces kept (indentation), no dummy space prefix."""
+    import sentencepiece as spm
+    sentences = list(itertools.islice((c for t in texts for c in _chunks(t)), max_sentences))
+    if not sentences:
+        raise SystemExit("error: no text to train the tokenizer on: check the source (is the train split empty?)")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=model, model_type="bpe", vocab_size=vocab_size,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True, split_digits=True, byte_fallback=True, character_coverage=0.9999,
+            max_sentence_length=4 * _CHUNK_CHARS, num_threads=num_threads, unk_id=0, bos_id=1, eos_id=2,
+            pad_id=-1, minloglevel=2)
+    except RuntimeError as e:  # e.g. "Vocabulary size too high (8192). Please set it to a value <= 3021."
+        raise SystemExit(f"error: SentencePiece training failed: {str(e).strip()}: adjust --vocab_size or give more text")
+    _atomic_write(path, model.getvalue())
+    return len(sentences), sum(map(len, sentences))
+
+
+# -----------------------------------------------------------------------------
+# token files
+
+
+def token_dtype(vocab, choice="auto"):
+    if choice not in ("auto", "uint16", "uint32"):
+        raise SystemExit(f"error: dtype={choice!r}: use 'auto', 'uint16' or 'uint32'")
+    if choice == "uint16" and vocab > 2**16:
+        raise SystemExit(f"error: a vocabulary of {vocab} tokens does not fit uint16 (at most 65536): use --dtype=auto")
+    return "uint16" if choice == "uint16" or (choice == "auto" and vocab <= 2**16) else "uint32"
+
+
+def _atomic_write(path, data):
+    with open(path + ".tmp", "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+class _SplitWriter:
+    """Appends one split's token stream to <split>_NNN.bin shards of exactly shard_tokens tokens (the last one
+    shorter), each written under a temporary name and renamed when full. A finished shard records where the next
+    one starts in the document stream (document index, tokens of it already written) and the running document
+    and byte counts, so a re-run restarts there without re-tokenizing what came before."""
+
+    def __init__(self, out_dir, split, shard_tokens, done, on_shard):
+        self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
+        self.done, self.on_shard, self.f, self.n = list(done), on_shard, None, 0
+        last = self.done[-1] if self.done else {"next_doc": 0, "skip": 0, "documents": 0, "bytes": 0}
+        self.next_doc, self.skip, self.documents, self.bytes = (last[k] for k in ("next_doc", "skip", "documents", "bytes"))
+
+    def add(self, doc, ids, nbytes):
+        offset = 0
+        if doc == self.next_doc and self.skip:  # the tail of a document cut by the last finished shard
+            offset, ids = self.skip, ids[self.skip:]
+        else:
+            self.documents, self.bytes = self.documents + 1, self.bytes + nbytes
+        pos = 0
+        while pos < len(ids):
+            if self.f is None:
+                self.f, self.n = open(self._path(len(self.done)) + ".tmp", "wb"), 0
+            take = min(len(ids) - pos, self.shard_tokens - self.n)
+            self.f.write(ids[pos:pos + take].tobytes())
+            self.n, pos = self.n + take, pos + take
+            if self.n == self.shard_tokens:
+                self._close_shard(*((doc, offset + pos) if pos < len(ids) else (doc + 1, 0)))
+
+    def _path(self, i):
+        return os.path.join(self.out_dir, f"{self.split}_{i:03d}.bin")
+
+    def _close_shard(self, next_doc, skip):
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        path = self._path(len(self.done))
+        os.replace(path + ".tmp", path)
+        self.next_doc, self.skip, self.f = next_doc, skip, None
+        self.done.append({"file": os.path.basename(path), "tokens": self.n, "next_doc": next_doc, "skip": skip,
+                          "documents": self.documents, "bytes": self.bytes})
+        self.on_shard()
+
+    def finish(self, n_docs):
+        if self.f is not None:
+            self._close_shard(n_docs, 0)  # the stream has ended: a resumed run would skip every document
+        if len(self.done) == 1:  # a split that fits one shard is plain <split>.bin
+            os.replace(os.path.join(self.out_dir, self.done[0]["file"]), os.path.join(self.out_dir, f"{self.split}.bin"))
+            self.done[0]["file"] = f"{self.split}.bin"
+        return {"files": [d["file"] for d in self.done], "tokens": sum(d["tokens"] for d in self.done),
+                "documents": self.documents, "bytes": self.bytes}
+
+
+def _clear(out_dir, fingerprint):
+    """Remove what an earlier run left (only names this script writes) and return a fresh manifest."""
+    for f in os.listdir(out_dir):
+        if re.fullmatch(r"(train|val|test)(_\d+)?\.bin(\.tmp)?|meta\.json|manifest\.json", f):
+            os.remove(os.path.join(out_dir, f))
+    return {"settings": fingerprint, "complete": False, "splits": {k: [] for k in _SPLITS}}
+
+
+def _init_worker(tok, dt):
+    global _tok, _dtype
+    _tok, _dtype = tok, dt
+
+
+def _encode_batch(texts):
+    return [(np.array(_tok.encode(t, bos=True, eos=True), dtype=_dtype), len(t.encode("utf-8"))) for t in texts]
+
+
+# -----------------------------------------------------------------------------
+# the pipeline
+
+
+def default_name(src, hf_config=""):
+    if src.startswith("hf:"):
+        return src[3:].rstrip("/").split("/")[-1] + (f"-{hf_config}" if hf_config else "")
+    return os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
+
+
+def prepare_data(out_dir, **overrides):
+    """Prepare one data folder; keyword arguments override the module settings. Returns meta.json's dict."""
+    s = {k: overrides.pop(k, globals()[k]) for k in _SETTINGS}
+    if overrides:
+        raise TypeError(f"unknown settings {sorted(overrides)}")
+    src, tok_spec, fractions = s["source"], s["tokenizer"], (s["val_fraction"], s["test_fraction"])
+    if min(fractions) < 0 or sum(fractions) >= 1:
+        raise SystemExit("error: val_fraction and test_fraction must be >= 0 and sum to less than 1")
+    if s["shard_tokens"] < 1 or s["num_proc"] < 1:
+        raise SystemExit("error: shard_tokens and num_proc must be at least 1")
+    token_dtype(0, s["dtype"])  # checks the choice before any work
+    if not src.startswith("hf:"):
+        source_files(src, s["extensions"])  # a missing path fails here, before anything is written
+    tok = Tokenizer(tok_spec) if tok_spec else None  # so do a missing tokenizer file and an offline tiktoken
+    docs = lambda skipped=None: itertools.islice(documents(
+        src, s["text_field"], s["extensions"], s["doc_separator"], s["hf_config"], s["hf_split"], skipped),
+        s["max_documents"] or None)
+
+    # the manifest: what a previous run with the same settings finished
+    os.makedirs(out_dir, exist_ok=True)
+    fingerprint = {k: v for k, v in s.items() if k not in ("name", "data_root", "num_proc")}
+    manifest_path, model_path = os.path.join(out_dir, "manifest.json"), os.path.join(out_dir, "tokenizer.model")
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        manifest = {}
+    resume = manifest.get("settings") == fingerprint and all(
+        os.path.isfile(os.path.join(out_dir, d["file"])) for ds in manifest["splits"].values() for d in ds)
+    if not resume:  # new, changed settings, or a lost shard: start over
+        if manifest:
+            print(f"{out_dir}: settings or files changed since the last run, starting over")
+        manifest = _clear(out_dir, fingerprint)
+    save_manifest = lambda: _atomic_write(manifest_path, json.dumps(manifest, indent=1))
+
+    # the tokenizer: copied in, recorded by name, or trained on the train split only
+    if tok is not None and tok.kind == "sentencepiece":
+        if not (os.path.isfile(model_path) and os.path.samefile(tok.name, model_path)):
+            shutil.copyfile(tok.name, model_path + ".tmp")
+            os.replace(model_path + ".tmp", model_path)
+    elif tok is None and not (resume and os.path.isfile(model_path)):
+        t0 = time.time()
+        print(f"training a {s['vocab_size']}-piece SentencePiece BPE on the train split of {src} ...")
+        train_docs = (t for k, t in docs() if split_of(k, *fractions) == "train")
+        n, chars = train_tokenizer(train_docs, model_path, s["vocab_size"], s["tokenizer_sentences"], s["num_proc"])
+        print(f"tokenizer trained on {n:,} chunks ({chars / 1e6:.1f}M characters) in {time.time() - t0:.1f}s")
+    tok = tok if tok is not None and tok.kind == "tiktoken" else Tokenizer(model_path)
+    tok_id = tok.spec if tok.kind == "tiktoken" else hashlib.sha256(open(model_path, "rb").read()).hexdigest()
+    if manifest.get("tokenizer") not in (None, tok_id):  # token files made with another tokenizer are useless
+        print(f"{out_dir}: the tokenizer changed since the last run, starting over")
+        manifest = _clear(out_dir, fingerprint)
+    manifest["tokenizer"] = tok_id
+    dt = token_dtype(tok.vocab_size, s["dtype"])
+    if manifest["complete"]:
+        print(f"{out_dir} is up to date (delete its manifest.json to redo it)")
+        return read_meta(out_dir)
+    save_manifest()
+
+    # tokenize: documents stream through in order, each to its split's writer; finished shards are skipped
+    from tqdm import tqdm
+
+    def on_shard():
+        manifest["splits"] = {k: w.done for k, w in writers.items()}
+        save_manifest()
+
+    writers = {k: _SplitWriter(out_dir, k, s["shard_tokens"], manifest["splits"][k], on_shard) for k in _SPLITS}
+    files = [] if src.startswith("hf:") else source_files(src, s["extensions"])[1]
+    known = files and not s["doc_separator"] and not any(f.endswith((".jsonl", ".parquet")) for f in files)
+    bar = tqdm(total=len(files) if known else None, unit="doc", desc=f"tokenizing ({s['num_proc']} proc)")
+    skipped, batch, chars, tokens, n_seen, t0 = [], [], 0, 0, 0, time.time()
+    pool = Pool(s["num_proc"], _init_worker, (tok, dt)) if s["num_proc"] > 1 else None
+    _init_worker(tok, dt)
+
+    def flush():
+        nonlocal tokens
+        texts, n_parts = [t for _, _, t in batch], 4 * s["num_proc"]
+        parts = [texts[i::n_parts] for i in range(n_parts)]  # strided, so long documents spread over processes
+        encoded = pool.map(_encode_batch, parts) if pool else [_encode_batch(p) for p in parts]
+        for j, (doc, split, _) in enumerate(batch):
+            ids, nbytes = encoded[j % n_parts][j // n_parts]
+            writers[split].add(doc, ids, nbytes)
+            tokens += len(ids)
+        bar.set_postfix(tokens=f"{tokens:,}", refresh=False)
+        batch.clear()
+
+    try:
+        for i, (key, text) in enumerate(docs(skipped)):
+            bar.update(1)
+            n_seen, split = i + 1, split_of(key, *fractions)
+            if i < writers[split].next_doc:
+                continue  # already in a finished shard
+            batch.append((i, split, text))
+            chars += len(text)
+            if chars >= _BATCH_CHARS * s["num_proc"]:
+                flush()
+                chars = 0
+        flush()
+        bar.total = bar.n if bar.total else None  # empty and skipped files never came through as documents
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    seconds = time.time() - t0
+    if sum(w.documents for w in writers.values()) == 0:
+        raise SystemExit(f"error: no documents in {src} ({len(skipped)} inputs skipped as unreadable or not UTF-8): "
+                         f"check the path, --extensions and --text_field")
+    splits = {k: w.finish(n_seen) for k, w in writers.items()}
+    meta = {"tokenizer": tok.kind, "tokenizer_file": "tokenizer.model" if tok.kind == "sentencepiece" else None,
+            "tiktoken_encoding": tok.spec.split(":", 1)[1] if tok.kind == "tiktoken" else None,
+            "vocab_size": tok.vocab_size, "dtype": dt, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
+            "source": f"stdlib:{platform.python_version()}" if src == "stdlib" else src, "splits": splits}
+    _atomic_write(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1))
+    manifest["splits"], manifest["complete"] = {k: w.done for k, w in writers.items()}, True
+    save_manifest()
+
+    for k in ("val", "test"):
+        if not splits[k]["documents"] and s[f"{k}_fraction"] > 0:
+            print(f"warning: the {k} split is empty: raise --{k}_fraction or add documents")
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable or non-UTF-8 inputs, first {skipped[0][0]} ({skipped[0][1]})")
+    total = {f: sum(v[f] for v in splits.values()) for f in ("documents", "tokens", "bytes")}
+    per_split = " / ".join(f"{splits[k]['tokens']:,}" for k in _SPLITS)
+    n_files = sum(len(v["files"]) for v in splits.values())
+    print(f"{out_dir}: {total['documents']:,} documents, {total['bytes'] / 1e6:.1f} MB, {total['tokens']:,} tokens "
+          f"(train/val/test {per_split}); tokenized {tokens:,} in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} "
+          f"tokens/s); {n_files} token files")
+    return meta
+
+
+if __name__ == "__main__":
+    import configurator
+    configurator.configure(globals(), sys.argv[1:])
+    prepare_data(os.path.join(data_root, name or default_name(source, hf_config)))
