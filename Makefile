@@ -10,10 +10,10 @@ install:
 	@$(PY) -m pip install -q -r requirements-dev.txt
 
 demo: install
-	$(PY) -c "from model import ModelConfig, Transformer; import torch, dataclasses; \
-g = {}; exec(open('configs/elm_tiny.py').read(), {}, g); \
-m = Transformer(ModelConfig(**{k: v for k, v in g.items() if k in {f.name for f in dataclasses.fields(ModelConfig)}})); \
-print(f'elm_tiny: {m.num_params()/1e6:.2f}M parameters, logits', tuple(m(torch.zeros(1, 8, dtype=torch.long)).shape))"
+	@test -f data/stdlib/meta.json || $(PY) prepare.py
+	@# a finished or interrupted demo continues from its checkpoint instead of refusing the existing out_dir
+	$(PY) train.py configs/elm_tiny.py $$(test -f out/elm_tiny/latest && echo --init_from=resume)
+	$(PY) sample.py --init_from=out/elm_tiny --max_new_tokens=200
 
 test: install
 	$(PY) -m pytest -q tests

@@ -10,20 +10,23 @@ n_kv_head = 4
 ffn_dim = 768
 tie_embeddings = False
 init = "normal"
-# recipe: the LLaMA optimizer, shortened
+# recipe: the LLaMA optimizer (AdamW 0.9/0.95, decay 0.1 on everything, warmup from 0, cosine to 0.1x, clip 1),
+# shortened to elm_tiny's budget (~1.2M tokens)
 data_dir = "data/stdlib"
 out_dir = "out/llama_tiny"
-batch_size = 16
-global_batch_size = 16
-max_iters = 2000
+batch_size = 8
+global_batch_size = 8
+max_iters = 600
 learning_rate = 1e-3
 min_lr = 1e-4
-warmup_iters = 100
+warmup_iters = 50
 warmup_init_lr = 0.0
-lr_decay_iters = 2000
+lr_decay_iters = 600
 weight_decay = 0.1
 wd_exclude_1d = False
 grad_clip = 1.0
-eval_interval = 250
+eval_interval = 100
 eval_iters = 20
+save_interval = 200
+keep_last = 2
 dtype = "bfloat16"

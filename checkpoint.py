@@ -1,0 +1,200 @@
+"""
+Our checkpoints, saved and loaded here and nowhere else: train.py saves and resumes through this file;
+sample.py, eval.py and hf.py load through load_model().
+
+    out/<run>/latest              the name of the newest complete checkpoint, e.g. "step_0002000"
+    out/<run>/step_0002000/
+        .metadata, *.distcp       torch.distributed.checkpoint (DCP) of {"model", "optim"}: every rank
+                                  writes only the shards it holds, so a 13B FSDP run never gathers the model
+        train.json                step, ModelConfig, the full training settings, world size, last val loss
+        rng/rank_00000.pt         each rank's torch RNG states
+        meta.json, tokenizer.*    copied from data_dir, so the folder alone is enough for sample.py/eval.py
+
+Weights are stored under their plain module names (layers.0.attn.qkv_proj.weight), never with DDP's
+`module.` or torch.compile's `_orig_mod.` prefixes. DCP reads them back in one process without a
+process group, or resharded onto any number of ranks. A checkpoint is written into a temporary
+folder and renamed into place, and `latest` is replaced atomically, so a crash never leaves a torn one.
+"""
+import dataclasses
+import json
+import os
+import shutil
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
+
+from model import ModelConfig, Transformer
+
+
+def _distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank():
+    return dist.get_rank() if _distributed() else 0
+
+
+def _barrier():
+    if _distributed():
+        dist.barrier()
+
+
+def _dcp(fn, state, path):
+    # In one process DCP warns that it "assumes" one process even with no_dist=True: that is the intent here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to")
+        return fn(state, checkpoint_id=path, no_dist=not _distributed())
+
+
+def _atomic_write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def step_dir(out_dir, step):
+    return os.path.join(out_dir, f"step_{step:07d}")
+
+
+def is_checkpoint(path):
+    return os.path.isfile(os.path.join(path, "train.json")) and os.path.isfile(os.path.join(path, ".metadata"))
+
+
+def latest(out_dir):
+    """The newest complete checkpoint folder of a run directory, or None."""
+    pointer = os.path.join(out_dir, "latest")
+    if not os.path.isfile(pointer):
+        return None
+    path = os.path.join(out_dir, open(pointer).read().strip())
+    return path if is_checkpoint(path) else None
+
+
+def resolve(path):
+    """A run directory -> its latest checkpoint; a checkpoint folder -> itself; anything else -> None."""
+    if is_checkpoint(path):
+        return path
+    return latest(path)
+
+
+def read_info(path):
+    with open(os.path.join(path, "train.json")) as f:
+        return json.load(f)
+
+
+def model_config(info):
+    """ModelConfig from train.json (JSON turned the multiplier tuples into lists; turn them back)."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in info["model_config"].items() if k in fields}
+    return ModelConfig(**kw)
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def save(out_dir, step, model, optimizer, settings, data_dir=None, keep_last=3, extra=None):
+    """Write out_dir/step_XXXXXXX. Collective: every rank calls it. `model` is the unwrapped module
+    (FSDP2's fully_shard works in place, so that is the sharded model itself); `settings` is the dict
+    configurator.configure() returned."""
+    rank, final = _rank(), step_dir(out_dir, step)
+    tmp = os.path.join(out_dir, "." + os.path.basename(final) + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that crashed half-way
+        os.makedirs(os.path.join(tmp, "rng"))
+    _barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    _dcp(dcp.save, {"model": model_sd, "optim": optim_sd}, tmp)
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    torch.save(rng, os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
+    _barrier()
+    if rank == 0:
+        info = {"step": step, "model_config": dataclasses.asdict(model.config), "settings": settings,
+                "world_size": dist.get_world_size() if _distributed() else 1, **(extra or {})}
+        with open(os.path.join(tmp, "train.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        if data_dir and os.path.isfile(os.path.join(data_dir, "meta.json")):
+            shutil.copy2(os.path.join(data_dir, "meta.json"), tmp)
+            tok = json.load(open(os.path.join(data_dir, "meta.json"))).get("tokenizer_file")
+            if tok and os.path.isfile(os.path.join(data_dir, tok)):
+                shutil.copy2(os.path.join(data_dir, tok), tmp)
+        if os.path.isdir(final):  # the same step saved again (a run resumed from its final checkpoint)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _atomic_write(os.path.join(out_dir, "latest"), os.path.basename(final) + "\n")
+        _prune(out_dir, keep_last, keep=os.path.basename(final))
+    _barrier()
+    return final
+
+
+def _prune(out_dir, keep_last, keep):
+    if keep_last <= 0:  # 0 keeps every checkpoint
+        return
+    steps = sorted(d for d in os.listdir(out_dir) if d.startswith("step_") and is_checkpoint(os.path.join(out_dir, d)))
+    for d in steps[:-keep_last]:
+        if d != keep:
+            shutil.rmtree(os.path.join(out_dir, d), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def load_train_state(path, model, optimizer):
+    """Resume: restore weights and optimizer state (each rank reads only its shards, resharding if the
+    world size changed) and this rank's RNG state. Returns train.json's dict."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)  # also creates the optimizer's state to load into
+    state = {"model": model_sd, "optim": optim_sd}
+    _dcp(dcp.load, state, path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rng_file = os.path.join(path, "rng", f"rank_{_rank():05d}.pt")
+    if os.path.isfile(rng_file):  # a rank the saving run did not have keeps its fresh RNG
+        rng = torch.load(rng_file, weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    return read_info(path)
+
+
+def load_weights(path, model):
+    """Weights only (finetuning from one of our checkpoints), into a plain or sharded model."""
+    sd = get_model_state_dict(model)
+    _dcp(dcp.load, {"model": sd}, path)
+    set_model_state_dict(model, sd)
+
+
+def load_model(path, device="cpu", dtype=None):
+    """(model in eval mode, tokenizer or None) from, in one process: one of our run directories (its
+    latest checkpoint), one of our checkpoint folders, a Hugging Face directory or a Meta consolidated
+    checkpoint (both through hf.py)."""
+    path = str(path)
+    if not os.path.isdir(path):
+        raise SystemExit(f"error: checkpoint {path!r} not found: give a run directory (out/<run>), one of its "
+                         f"step_* folders, or a Hugging Face model directory")
+    ck = resolve(path)
+    if ck is None:
+        if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "params.json")):
+            import hf  # Hugging Face or Meta weights
+            return hf.load_model(path, device=device, dtype=dtype), hf.load_tokenizer(path, required=False)
+        raise SystemExit(f"error: {path} holds no checkpoint (no 'latest' pointer, train.json or config.json): "
+                         f"train one with train.py, or point at a Hugging Face model directory")
+    config = model_config(read_info(ck))
+    with torch.device("meta"):  # allocate once, directly in the target dtype and device
+        model = Transformer(config)
+    model = model.to(dtype=dtype) if dtype is not None else model
+    model.to_empty(device=device)
+    sd = model.state_dict()
+    _dcp(dcp.load, {"model": sd}, ck)  # fills sd's tensors (the model's own storage) in place, casting
+    model.load_state_dict(sd)
+    tokenizer = None
+    if os.path.isfile(os.path.join(ck, "meta.json")):
+        import prepare
+        meta = prepare.read_meta(ck)
+        if meta.get("tokenizer") == "tiktoken" or (meta.get("tokenizer_file") and
+                                                   os.path.isfile(os.path.join(ck, meta["tokenizer_file"]))):
+            tokenizer = prepare.load_tokenizer(ck)
+    return model.eval(), tokenizer

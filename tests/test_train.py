@@ -1,0 +1,279 @@
+# train.py and checkpoint.py on a tiny model and a synthetic data folder: overfitting, exact resume,
+# accumulation = one big batch, DDP/FSDP2 under torchrun = one process, checkpoints, refused settings.
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 64
+TINY = dict(vocab_size=VOCAB, block_size=32, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, ffn_dim=64)
+TINY_ELM = dict(vocab_size=VOCAB, block_size=32, n_layer=3, n_embd=32, head_dim=8, qkv_multipliers=(0.5, 1.0),
+                ffn_multipliers=(0.5, 2.0), num_gqa_groups=2, ffn_dim_divisor=16, qk_norm=True,
+                tie_embeddings=True, init="corenet", z_loss=1e-4)
+
+
+def make_data(path, n_tokens=6000, pad_id=None, repeat=None, seed=0):
+    """A data folder as prepare.py writes it: BOS doc EOS streams with a learnable pattern (each token mostly
+    determines the next), optional padding runs, meta.json. `repeat` = one fixed window only."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(path, exist_ok=True)
+    splits = {}
+    for split, n in (("train", n_tokens), ("val", 1000), ("test", 1000)):
+        out = []
+        while len(out) < n:
+            t, doc = int(rng.integers(4, VOCAB)), []
+            for _ in range(int(rng.integers(20, 80))):
+                doc.append(t)
+                t = (3 * t + 1) % (VOCAB - 4) + 4 if rng.random() < 0.9 else int(rng.integers(4, VOCAB))
+            out += [1] + doc + [2] + ([pad_id] * int(rng.integers(0, 8)) if pad_id is not None else [])
+        ids = np.array(out[:repeat or n], dtype=np.uint16)
+        ids.tofile(os.path.join(path, f"{split}.bin"))
+        splits[split] = {"files": [f"{split}.bin"], "tokens": len(ids), "documents": 1, "bytes": 4 * len(ids)}
+    meta = {"tokenizer": "sentencepiece", "tokenizer_file": None, "tiktoken_encoding": None, "vocab_size": VOCAB,
+            "dtype": "uint16", "bos_id": 1, "eos_id": 2, "pad_id": pad_id, "source": "synthetic", "splits": splits}
+    json.dump(meta, open(os.path.join(path, "meta.json"), "w"))
+    return str(path)
+
+
+def args(**settings):
+    return [f"--{k}={v if isinstance(v, str) else repr(v)}" for k, v in settings.items()]
+
+
+def base(tmp_path, data, name, **kw):
+    s = dict(data_dir=data, out_dir=str(tmp_path / name), dtype="float32", batch_size=4, global_batch_size=4,
+             max_iters=4, learning_rate=3e-3, min_lr=3e-4, warmup_iters=2, warmup_init_lr=1e-5, lr_decay_iters=8,
+             log_interval=1, eval_interval=0, save_interval=0, log_file=str(tmp_path / f"{name}.jsonl"), **TINY)
+    s.update(kw)
+    return s
+
+
+def run(**settings):
+    """train.main in this process, on fresh module globals (train's settings are module globals)."""
+    import train
+    importlib.reload(train)
+    train.main(args(**settings))
+    return [json.loads(line) for line in open(settings["log_file"])]
+
+
+def losses(log, key="loss"):
+    return [r[key] for r in log if key in r]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def test_overfits_a_repeated_batch(tmp_path):
+    one = make_data(tmp_path / "one", repeat=33)  # block_size + 1 tokens: every window is the same window
+    log = run(**base(tmp_path, one, "overfit", max_iters=25, learning_rate=2e-2, lr_decay_iters=25, **TINY_ELM))
+    first, last = log[0]["loss"], log[-1]["loss"]
+    assert last < 0.1 * first, (first, last)
+
+
+def test_exact_resume_bf16_elm(tmp_path, data):
+    kw = dict(dtype="bfloat16", **TINY_ELM)  # the CPU's default path: bf16 autocast, z-loss, QK-norm, tied
+    straight = run(**base(tmp_path, data, "straight", max_iters=6, **kw))
+    run(**base(tmp_path, data, "halves", max_iters=3, **kw))
+    # resume takes the recipe from the checkpoint: only the new end (and a new log file) are given here
+    run(init_from="resume", out_dir=str(tmp_path / "halves"), max_iters=6, log_file=str(tmp_path / "halves2.jsonl"))
+    halves = [json.loads(line) for line in open(tmp_path / "halves.jsonl")] + \
+             [json.loads(line) for line in open(tmp_path / "halves2.jsonl")]
+    assert losses(halves) == losses(straight)  # bit-identical
+    assert losses(halves, "grad_norm") == losses(straight, "grad_norm")
+    assert os.path.basename(checkpoint.latest(str(tmp_path / "halves"))) == "step_0000006"
+
+
+def test_accumulation_equals_one_big_batch_with_padding(tmp_path):
+    # padding runs between documents are ignored targets and differ per micro-batch: the step still equals
+    # one batch of 8 only if micro-batches are weighted by their target-token counts
+    padded = make_data(tmp_path / "padded", pad_id=3)
+    big = run(**base(tmp_path, padded, "big", batch_size=8, global_batch_size=8, max_iters=3))
+    acc = run(**base(tmp_path, padded, "acc", batch_size=2, global_batch_size=8, max_iters=3))
+    np.testing.assert_allclose(losses(acc), losses(big), rtol=1e-5)
+    np.testing.assert_allclose(losses(acc, "grad_norm"), losses(big, "grad_norm"), rtol=1e-4)
+
+
+def test_batches_are_a_pure_function_of_seed_and_step(data):
+    import prepare
+    import train
+    importlib.reload(train)
+    train.block_size, train.global_batch_size, train.seed = 16, 8, 5
+    shards = prepare.open_split(data, "train")
+    train.batch_size = 8
+    whole = train.get_batch(shards, 7, 0, 0, 1)[0]
+    train.batch_size = 2  # 2 ranks x 2 micro-steps x 2 rows: the same global batch, split up
+    parts = torch.cat([train.get_batch(shards, 7, m, r, 2)[0] for m in range(2) for r in range(2)])
+    assert torch.equal(parts, whole)
+    assert not torch.equal(train.get_batch(shards, 8, 0, 0, 1)[0], train.get_batch(shards, 7, 0, 0, 1)[0])
+
+
+def test_lr_schedule_openelm_and_llama():
+    import train
+    importlib.reload(train)
+    # OpenELM-270M (spec 2): warmup from 1e-6 over 5000 iters, cosine period 345001, min 0.1 x max
+    train.learning_rate, train.min_lr, train.warmup_iters, train.warmup_init_lr, train.lr_decay_iters = \
+        5.3e-3, 5.3e-4, 5000, 1e-6, 350_001
+    assert train.lr_at(0) == 1e-6
+    assert math.isclose(train.lr_at(2500), 1e-6 + 2500 * (5.3e-3 - 1e-6) / 5000)
+    assert math.isclose(train.lr_at(5000), 5.3e-3)
+    mid = 5000 + 345001 // 2
+    assert math.isclose(train.lr_at(mid), 5.3e-4 + 0.5 * 4.77e-3 * (1 + math.cos(math.pi * (mid - 5000) / 345001)))
+    assert math.isclose(train.lr_at(350_000), 5.3e-4, rel_tol=1e-6) and train.lr_at(400_000) == 5.3e-4
+    # OpenLLaMA-7B (spec 3.4): optax warmup_cosine_decay_schedule(0, 3e-4, 2000, 250000, 3e-5)
+    train.learning_rate, train.min_lr, train.warmup_iters, train.warmup_init_lr, train.lr_decay_iters = \
+        3e-4, 3e-5, 2000, 0.0, 250_000
+    assert train.lr_at(0) == 0.0 and math.isclose(train.lr_at(1000), 1.5e-4)
+    assert math.isclose(train.lr_at(126_000), 3e-5 + 0.5 * 2.7e-4)
+    assert train.lr_at(250_000) == 3e-5
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data):
+    s = base(tmp_path, data, "nan", max_iters=20, learning_rate=1e8, warmup_iters=0, grad_clip=0.0,
+             save_interval=1, keep_last=0)
+    with pytest.raises(SystemExit, match=r"(loss|gradient norm) became .* at step \d+"):
+        run(**s)
+    last = checkpoint.latest(s["out_dir"])
+    assert last is not None
+    model, _ = checkpoint.load_model(s["out_dir"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoints_keep_last_plain_names_and_load_in_one_process(tmp_path, data):
+    s = base(tmp_path, data, "ck", max_iters=5, save_interval=1, keep_last=2, compile=False, **TINY_ELM)
+    run(**s)
+    out = s["out_dir"]
+    assert sorted(d for d in os.listdir(out) if d.startswith("step_")) == ["step_0000004", "step_0000005"]
+    assert open(os.path.join(out, "latest")).read().strip() == "step_0000005"
+    assert not [d for d in os.listdir(out) if d.endswith(".tmp")]
+    info = checkpoint.read_info(os.path.join(out, "step_0000005"))
+    assert info["step"] == 5 and info["settings"]["max_iters"] == 5 and info["model_config"]["qk_norm"]
+    from torch.distributed.checkpoint import FileSystemReader
+    keys = FileSystemReader(os.path.join(out, "step_0000005")).read_metadata().state_dict_metadata
+    model_keys = {k[len("model."):] for k in keys if k.startswith("model.")}
+    assert "layers.0.attn.qkv_proj.weight" in model_keys and "tok_embeddings.weight" in model_keys
+    assert not [k for k in keys if "_orig_mod" in k or "module." in k]
+    model, tok = checkpoint.load_model(out, dtype=torch.bfloat16)
+    assert tok is None and model.tok_embeddings.weight.dtype == torch.bfloat16 and not model.training
+    assert set(model.state_dict()) == model_keys
+    older, _ = checkpoint.load_model(os.path.join(out, "step_0000004"))
+    assert not torch.equal(older.norm.weight, model.norm.weight.float())
+
+
+def test_checkpoint_is_self_contained_with_tokenizer(tmp_path):
+    import sentencepiece as spm
+    data = make_data(tmp_path / "sp")
+    text = "\n".join(f"def f{i}(x):\n    return x * {i} + {i * i}" for i in range(300))
+    open(tmp_path / "corpus.txt", "w").write(text)
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=os.path.join(data, "tokenizer"),
+                                   vocab_size=VOCAB, model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+                                   minloglevel=2)
+    meta = json.load(open(os.path.join(data, "meta.json")))
+    json.dump({**meta, "tokenizer_file": "tokenizer.model"}, open(os.path.join(data, "meta.json"), "w"))
+    s = base(tmp_path, data, "tok", max_iters=1)
+    run(**s)
+    model, tok = checkpoint.load_model(s["out_dir"])
+    assert tok is not None and tok.vocab_size == VOCAB and tok.decode(tok.encode("return x")) == "return x"
+    assert os.path.isfile(os.path.join(checkpoint.latest(s["out_dir"]), "tokenizer.model"))
+
+
+def test_finetune_from_our_checkpoint(tmp_path, data):
+    s = base(tmp_path, data, "pre", max_iters=6)
+    run(**s)
+    ft = run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=7))  # n_layer ignored
+    model, _ = checkpoint.load_model(str(tmp_path / "ft"))
+    assert len(model.layers) == TINY["n_layer"] and checkpoint.read_info(checkpoint.latest(str(tmp_path / "ft")))["step"] == 1
+    assert ft[0]["loss"] < run(**base(tmp_path, data, "fresh", max_iters=1))[0]["loss"]  # starts from trained weights
+
+
+def test_bad_paths_and_settings_are_refused(tmp_path, data):
+    with pytest.raises(SystemExit, match="not found"):
+        checkpoint.load_model(str(tmp_path / "nowhere"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(SystemExit, match="holds no checkpoint"):
+        checkpoint.load_model(str(tmp_path / "empty"))
+    s = base(tmp_path, data, "bad")
+    for extra, msg in (({"bogus_key": 1}, "unknown setting 'bogus_key'"),
+                       ({"batch_size": "many"}, "batch_size='many'"),
+                       ({"learning_rate": "fast"}, "learning_rate"),
+                       ({"global_batch_size": 6}, "not a multiple of batch_size"),
+                       ({"parallel": "zero3"}, "parallel='zero3'"),
+                       ({"init_from": "resume"}, "holds no checkpoint"),
+                       ({"data_dir": str(tmp_path / "nodata")}, "prepare the data first"),
+                       ({"vocab_size": 32}, "set --vocab_size=64"),
+                       ({"block_size": 7000}, "longer than block_size")):
+        with pytest.raises(SystemExit, match=msg):
+            run(**{**s, **extra})
+    run(**{**s, "max_iters": 1})
+    with pytest.raises(SystemExit, match="already holds checkpoints"):
+        run(**{**s, "max_iters": 1})
+
+
+# ----------------------------------------------------------------------------- torchrun: DDP and FSDP2 on CPU
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one(tmp_path, data, parallel):
+    kw = dict(max_iters=4, global_batch_size=8, **TINY_ELM)
+    one = run(**base(tmp_path, data, "one", batch_size=8, **kw))
+    s = base(tmp_path, data, parallel, batch_size=2, parallel=parallel, **kw)  # 2 ranks x 2 micro-steps x 2 rows
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(**settings):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+               *args(**settings)]
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    if parallel == "fsdp":  # half, then a sharded resume: the model is built on the meta device and loaded shard-wise
+        torchrun(**{**s, "max_iters": 2})
+        torchrun(init_from="resume", out_dir=s["out_dir"], max_iters=4)
+    else:
+        torchrun(**s)
+    two = [json.loads(line) for line in open(s["log_file"])]
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
+    np.testing.assert_allclose(losses(two, "grad_norm"), losses(one, "grad_norm"), rtol=1e-4)
+    # the run's checkpoint (written shard by shard under FSDP) loads in one process and matches
+    ours, _ = checkpoint.load_model(s["out_dir"])
+    ref, _ = checkpoint.load_model(str(tmp_path / "one"))
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path, data):
+    plain = run(**base(tmp_path, data, "plain", max_iters=2, **TINY_ELM))
+    ac = run(**base(tmp_path, data, "ac", max_iters=2, activation_checkpointing=True, **TINY_ELM))
+    np.testing.assert_allclose(losses(ac), losses(plain), rtol=1e-6)
+    np.testing.assert_allclose(losses(ac, "grad_norm"), losses(plain, "grad_norm"), rtol=1e-5)
+    model, _ = checkpoint.load_model(str(tmp_path / "ac"))  # plain names despite the wrapped forwards
+    assert "layers.0.attn.qkv_proj.weight" in model.state_dict()
+
+
+def test_hugging_face_directory_loads_and_finetunes(tmp_path, data):
+    hf = pytest.importorskip("hf")
+    from model import ModelConfig, Transformer
+    torch.manual_seed(0)
+    src = Transformer(ModelConfig(**TINY))
+    hf.save_model(src, str(tmp_path / "hf"))
+    model, tok = checkpoint.load_model(str(tmp_path / "hf"))
+    assert tok is None
+    for (name, a), b in zip(model.state_dict().items(), src.state_dict().values()):
+        assert torch.equal(a, b), name
+    # finetuning from it = training from the same weights (train.py seeds torch with `seed` before building)
+    log = run(**base(tmp_path, data, "hf_ft", init_from=str(tmp_path / "hf"), max_iters=2, seed=0))
+    ref = run(**base(tmp_path, data, "hf_ref", max_iters=2, seed=0))
+    np.testing.assert_allclose(losses(log), losses(ref), rtol=1e-6)
