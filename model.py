@@ -53,6 +53,34 @@ def per_layer(mult, n_layer):
     return [float(m) for m in mult]
 
 
+class CrossEntropy(torch.autograd.Function):
+    """Mean over non-ignored targets of  -log softmax(logits)[target] + z_loss * logsumexp(logits)^2,
+    computed in fp32 (or wider) with one pass over the (tokens, vocab) logits each way: the gradient is
+    softmax * (1 + 2 z_loss lse) - onehot(target). Autograd through F.cross_entropy plus a logsumexp
+    would zero-fill and traverse that tensor several times more, a large share of a small model's step."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, z_loss):  # logits (N, V), targets (N,)
+        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        valid = (targets != IGNORE_INDEX).float()
+        n = valid.sum().clamp(min=1)  # an all-ignored batch gives 0, not NaN
+        tgt = targets.clamp(min=0).unsqueeze(1)
+        lse = logits[:, 0].to(logp.dtype) - logp[:, 0]  # log p_j = logit_j - lse for any j
+        loss = ((z_loss * lse * lse - logp.gather(1, tgt).squeeze(1)) * valid).sum() / n
+        ctx.save_for_backward(logp, tgt, valid * (1 / n), lse)
+        ctx.z_loss, ctx.dtype = z_loss, logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        logp, tgt, weight, lse = ctx.saved_tensors
+        dlogits = logp.exp()  # softmax
+        if ctx.z_loss:
+            dlogits *= (1 + 2 * ctx.z_loss * lse).unsqueeze(1)
+        dlogits.scatter_add_(1, tgt, torch.full_like(logp[:, :1], -1.0))
+        return (dlogits * (grad * weight).unsqueeze(1)).to(ctx.dtype), None, None
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 32000
@@ -271,14 +299,10 @@ class Transformer(nn.Module):
         logits = F.linear(x, self.tok_embeddings.weight if self.config.tie_embeddings else self.lm_head.weight)
         if targets is None:
             return logits
-        flat, tgt = logits.float().view(-1, logits.size(-1)), targets.reshape(-1)
-        loss = F.cross_entropy(flat, tgt, ignore_index=IGNORE_INDEX)
-        if self.config.z_loss and self.training:
-            # z-loss keeps the softmax normaliser near 1 (OpenELM recipe). A training regulariser only:
-            # eval-mode loss stays plain cross-entropy, so val loss and perplexity compare across runs.
-            valid = (tgt != IGNORE_INDEX).float()
-            lse = torch.logsumexp(flat, dim=-1)
-            loss = loss + self.config.z_loss * (lse.pow(2) * valid).sum() / valid.sum().clamp(min=1)
+        # z-loss keeps the softmax normaliser near 1 (OpenELM recipe). A training regulariser only:
+        # eval-mode loss stays plain cross-entropy, so val loss and perplexity compare across runs.
+        z_loss = self.config.z_loss if self.training else 0.0
+        loss = CrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.reshape(-1), z_loss)
         return logits, loss
 
     # ------------------------------------------------------------------ training helpers

@@ -257,6 +257,26 @@ def test_loss_z_loss_and_ignore_index():
     torch.testing.assert_close(loss, ce + 1e-2 * torch.logsumexp(flat, -1).pow(2).mean())
 
 
+@pytest.mark.parametrize("z_loss", [0.0, 0.3])
+def test_cross_entropy_gradient_equals_autograd_of_the_formula(z_loss):
+    from model import CrossEntropy
+    torch.manual_seed(0)
+    logits = (torch.randn(13, 11, dtype=torch.float64) * 3).requires_grad_()
+    targets = torch.randint(0, 11, (13,))
+    targets[[2, 7]] = IGNORE_INDEX
+    keep = targets != IGNORE_INDEX
+    lse = torch.logsumexp(logits[keep], -1)
+    want = torch.nn.functional.cross_entropy(logits[keep], targets[keep]) + z_loss * lse.pow(2).mean()
+    (want_grad,) = torch.autograd.grad(want, logits)
+    got = CrossEntropy.apply(logits, targets, z_loss)
+    (got_grad,) = torch.autograd.grad(got * 1.0, logits)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
+    assert torch.all(got_grad[[2, 7]] == 0)  # ignored positions get no gradient
+    everything_ignored = torch.full((13,), IGNORE_INDEX)
+    assert CrossEntropy.apply(logits, everything_ignored, z_loss).item() == 0.0  # not NaN
+
+
 def test_optimizer_weight_decay_groups():
     model = build(tiny_elm())
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), exclude_1d=True)
