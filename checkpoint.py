@@ -167,11 +167,28 @@ def load_weights(path, model):
     set_model_state_dict(model, sd)
 
 
-def load_model(path, device="cpu", dtype=None):
+def load_model(path, device="cpu", dtype=None, tokenizer="", need_tokenizer=False):
     """(model in eval mode, tokenizer or None) from, in one process: one of our run directories (its
     latest checkpoint), one of our checkpoint folders, a Hugging Face directory or a Meta consolidated
-    checkpoint (both through hf.py)."""
-    path = str(path)
+    checkpoint (both through hf.py). tokenizer: a tokenizer.model file or a prepared data directory to use
+    instead of the checkpoint's own. Every script loads through here, so a tokenizer that does not fit the
+    model is refused in one place."""
+    model, tok = _load(str(path), device, dtype)
+    if tokenizer:
+        import prepare
+        is_data = os.path.isfile(os.path.join(tokenizer, "meta.json"))
+        tok = prepare.load_tokenizer(tokenizer) if is_data else prepare.Tokenizer(tokenizer)
+    if tok is None and need_tokenizer:
+        raise SystemExit(f"error: {path} holds no tokenizer (OpenELM ships none: it uses Llama-2's): "
+                         f"pass --tokenizer=path/to/tokenizer.model (or a prepared data dir)")
+    V = model.config.vocab_size
+    if tok is not None and (tok.vocab_size > V or V - tok.vocab_size > 256):  # a model may pad its vocab a little
+        raise SystemExit(f"error: the tokenizer has {tok.vocab_size} tokens but {path} has {V}: they do not "
+                         f"belong together; pass --tokenizer=<the tokenizer it was trained with>")
+    return model, tok
+
+
+def _load(path, device, dtype):
     if not os.path.isdir(path):
         raise SystemExit(f"error: checkpoint {path!r} not found: give a run directory (out/<run>), one of its "
                          f"step_* folders, or a Hugging Face model directory")

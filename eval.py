@@ -535,19 +535,10 @@ def text_perplexity(model, tok, path, max_len, batch=16, context_len=1):
 
 
 def load(path, tokenizer_path="", device="cpu", dtype=None):
-    """(model, tokenizer) from anything checkpoint.load_model reads, checked against each other."""
+    """(model, tokenizer) through checkpoint.load_model, which checks that they belong together."""
     import checkpoint
-    model, tok = checkpoint.load_model(path, device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    if tokenizer_path:
-        import prepare
-        meta = os.path.join(tokenizer_path, "meta.json")
-        tok = prepare.load_tokenizer(tokenizer_path) if os.path.isfile(meta) else prepare.Tokenizer(tokenizer_path)
-    if tok is None:
-        raise SystemExit(f"error: {path} holds no tokenizer: pass --tokenizer=path/to/tokenizer.model (or a data dir)")
-    if tok.vocab_size > model.config.vocab_size:
-        raise SystemExit(f"error: the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size}"
-                         f": this tokenizer does not belong to {path}; pass the right one with --tokenizer=")
-    return model.eval(), tok
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return checkpoint.load_model(path, device=device, dtype=dtype, tokenizer=tokenizer_path, need_tokenizer=True)
 
 
 _harness_class = None  # built once: lm_eval's registry refuses a second class under the same name

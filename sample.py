@@ -300,25 +300,6 @@ def encode_chat(tok, messages, add_generation_prompt=True):
 
 # ----------------------------------------------------------------------------- command line
 
-def check_tokenizer(model, tok, what="the checkpoint"):
-    V = model.config.vocab_size
-    if tok.vocab_size > V or V - tok.vocab_size > 256:  # a model may pad its vocabulary a little, no more
-        raise SystemExit(f"error: the tokenizer has {tok.vocab_size} tokens but {what} has {V}: "
-                         f"they do not belong together; pass --tokenizer=<the tokenizer it was trained with>")
-
-
-def load(path, device, dtype, tokenizer_path=""):
-    import checkpoint
-    model, tok = checkpoint.load_model(path, device=device, dtype=dtype)
-    if tokenizer_path:
-        import prepare
-        tok = prepare.Tokenizer(tokenizer_path)
-    if tok is None:
-        raise SystemExit(f"error: {path} holds no tokenizer: pass --tokenizer=path/to/tokenizer.model")
-    check_tokenizer(model, tok, path)
-    return model.eval(), tok
-
-
 def streamer(tok, prompt, stops):
     """A callback printing the new text as it grows, cut at the first stop string (which ends the run)."""
     base, ids, shown = tok.decode(prompt), list(prompt), [0]
@@ -352,10 +333,10 @@ if __name__ == "__main__":
     torch.manual_seed(seed)
     ptdtype = {"auto": torch.bfloat16 if "cuda" in device else torch.float32, "float32": torch.float32,
                "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    model, tok = load(init_from, device, ptdtype, tokenizer)
+    import checkpoint
+    model, tok = checkpoint.load_model(init_from, device, ptdtype, tokenizer=tokenizer, need_tokenizer=True)
     draft = None
     if assistant_model:  # its own tokenizer, if it has one, must be the target's
-        import checkpoint
         draft, draft_tok = checkpoint.load_model(assistant_model, device=device, dtype=ptdtype)
         if draft.config.vocab_size != model.config.vocab_size or (draft_tok and draft_tok.vocab_size != tok.vocab_size):
             raise SystemExit(f"error: the assistant {assistant_model} has a vocabulary of {draft.config.vocab_size} "

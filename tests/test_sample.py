@@ -240,15 +240,21 @@ def test_streamer_prints_as_it_goes_and_stops_at_a_stop_string(capsys):
     assert capsys.readouterr().out == " hi you"
 
 
-def test_bad_input_gets_one_clear_line():
+def test_bad_input_gets_one_clear_line(monkeypatch):
+    import checkpoint
     model = tiny_llama(0)
+
+    def load_with(m, tok):  # checkpoint.load_model's checks, on a stand-in for the files it would read
+        monkeypatch.setattr(checkpoint, "_load", lambda *a: (m, tok))
+        return checkpoint.load_model("out/x", need_tokenizer=True)
     cases = [
         (lambda: sample.generate(model, torch.ones(1, 96, dtype=torch.long), 5), "context is 96"),
         (lambda: sample.generate(model, PROMPT, 5, assistant_model=tiny_llama(1, vocab_size=64)), "share the target's tokenizer"),
         (lambda: sample.generate(model, PROMPT.repeat(2, 1), 5, prompt_lookup_num_tokens=3), "one sequence at a time"),
         (lambda: sample.generate(model, PROMPT[:, :3], 5, attention_mask=torch.tensor([[1, 0, 1]])), "left padding"),
-        (lambda: sample.check_tokenizer(model, type("Big", (CharTokenizer,), {"vocab_size": 500})()), "--tokenizer="),
-        (lambda: sample.check_tokenizer(tiny_llama(0, vocab_size=8192), CharTokenizer()), "--tokenizer="),
+        (lambda: load_with(model, type("Big", (CharTokenizer,), {"vocab_size": 500})()), "--tokenizer="),
+        (lambda: load_with(tiny_llama(0, vocab_size=8192), CharTokenizer()), "--tokenizer="),
+        (lambda: load_with(model, None), "holds no tokenizer"),
     ]
     for fn, words in cases:
         with pytest.raises(SystemExit) as e:
