@@ -13,7 +13,7 @@ demo: install
 	@test -f data/stdlib/meta.json || $(PY) prepare.py
 	@# a finished or interrupted demo continues from its checkpoint instead of refusing the existing out_dir
 	$(PY) train.py configs/elm_tiny.py $$(test -f out/elm_tiny/latest && echo --init_from=resume)
-	$(PY) sample.py --init_from=out/elm_tiny --max_new_tokens=200
+	$(PY) sample.py --init_from=out/elm_tiny --start="import " --max_new_tokens=200
 
 test: install
 	$(PY) -m pytest -q tests
