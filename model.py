@@ -78,7 +78,7 @@ class CrossEntropy(torch.autograd.Function):
         if ctx.z_loss:
             dlogits *= (1 + 2 * ctx.z_loss * lse).unsqueeze(1)
         dlogits.scatter_add_(1, tgt, torch.full_like(logp[:, :1], -1.0))
-        return (dlogits * (grad * weight).unsqueeze(1)).to(ctx.dtype), None, None
+        return dlogits.mul_((grad * weight).unsqueeze(1)).to(ctx.dtype), None, None
 
 
 @dataclass
