@@ -24,10 +24,15 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
 
 from model import ModelConfig, Transformer
+
+# Frozen parameters are not saved: a LoRA run stores its adapters and their optimizer state, and names the
+# base it started from (train.json "lora_base"); a full run freezes nothing, so this changes nothing there.
+_TRAINABLE = StateDictOptions(ignore_frozen_params=True)
+_TRAINABLE_LOAD = StateDictOptions(ignore_frozen_params=True, strict=False)  # dcp.load already insists on every key
 
 
 def _distributed():
@@ -108,7 +113,7 @@ def save(out_dir, step, model, optimizer, settings, data_dir=None, keep_last=3, 
         shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that crashed half-way
         os.makedirs(os.path.join(tmp, "rng"))
     _barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINABLE)
     _dcp(dcp.save, {"model": model_sd, "optim": optim_sd}, tmp)
     rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     torch.save(rng, os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
@@ -147,10 +152,10 @@ def _prune(out_dir, keep_last, keep):
 def load_train_state(path, model, optimizer):
     """Resume: restore weights and optimizer state (each rank reads only its shards, resharding if the
     world size changed) and this rank's RNG state. Returns train.json's dict."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)  # also creates the optimizer's state to load into
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINABLE)  # also creates the optimizer's state
     state = {"model": model_sd, "optim": optim_sd}
     _dcp(dcp.load, state, path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_TRAINABLE_LOAD)
     rng_file = os.path.join(path, "rng", f"rank_{_rank():05d}.pt")
     if os.path.isfile(rng_file):  # a rank the saving run did not have keeps its fresh RNG
         rng = torch.load(rng_file, weights_only=True)
@@ -161,10 +166,11 @@ def load_train_state(path, model, optimizer):
 
 
 def load_weights(path, model):
-    """Weights only (finetuning from one of our checkpoints), into a plain or sharded model."""
-    sd = get_model_state_dict(model)
+    """Weights only (finetuning from one of our checkpoints), into a plain or sharded model. LoRA adapters
+    added to the model are not in the base checkpoint and are left as they are."""
+    sd = {k: v for k, v in get_model_state_dict(model).items() if ".lora_" not in k}
     _dcp(dcp.load, {"model": sd}, path)
-    set_model_state_dict(model, sd)
+    set_model_state_dict(model, sd, options=StateDictOptions(strict=False))
 
 
 def load_model(path, device="cpu", dtype=None, tokenizer="", need_tokenizer=False):
@@ -199,15 +205,27 @@ def _load(path, device, dtype):
             return hf.load_model(path, device=device, dtype=dtype), hf.load_tokenizer(path, required=False)
         raise SystemExit(f"error: {path} holds no checkpoint (no 'latest' pointer, train.json or config.json): "
                          f"train one with train.py, or point at a Hugging Face model directory")
-    config = model_config(read_info(ck))
-    with torch.device("meta"):  # allocate once, directly in the target dtype and device
-        model = Transformer(config)
-    model = model.to(dtype=dtype) if dtype is not None else model
-    model.to_empty(device=device)
-    sd = model.state_dict()
-    _dcp(dcp.load, {"model": sd}, ck)  # fills sd's tensors (the model's own storage) in place, casting
-    model.load_state_dict(sd)
-    tokenizer = None
+    info = read_info(ck)
+    if info.get("lora"):  # adapters only: load the base they were trained on, add them, merge them in
+        import lora
+        base = info["lora_base"]
+        if not os.path.isdir(base):
+            raise SystemExit(f"error: {ck} holds LoRA adapters for the base model {base}, which is not there: "
+                             f"put the base back at that path (or set lora_base in {ck}/train.json)")
+        model, tokenizer = _load(base, device, dtype)
+        lora.add(model, **info["lora"])
+        sd = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+        _dcp(dcp.load, {"model": sd}, ck)  # into the adapters' own storage
+        model = lora.merge(model).requires_grad_(True)
+    else:
+        with torch.device("meta"):  # allocate once, directly in the target dtype and device
+            model = Transformer(model_config(info))
+        model = model.to(dtype=dtype) if dtype is not None else model
+        model.to_empty(device=device)
+        sd = model.state_dict()
+        _dcp(dcp.load, {"model": sd}, ck)  # fills sd's tensors (the model's own storage) in place, casting
+        model.load_state_dict(sd)
+        tokenizer = None
     if os.path.isfile(os.path.join(ck, "meta.json")):
         import prepare
         meta = prepare.read_meta(ck)

@@ -6,12 +6,17 @@ Pretraining and finetuning of OpenELM and LLaMA. Settings at the top, then the w
     torchrun --standalone --nproc_per_node=8 train.py configs/elm_270m.py    # DDP on one node
     torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
         train.py configs/open_llama_13b.py                                   # FSDP2 across nodes
+    python train.py configs/finetune_alpaca.py --init_from=hf/open_llama_7b # instruction tuning (chat data)
+    python train.py configs/finetune_lora.py --init_from=out/elm_tiny      # LoRA adapters on a frozen base
 
 Each step draws its global batch of windows from a generator seeded by (seed, step), and every
 (rank, micro-step) takes its own rows of it, so there is no loader state: a resumed run sees exactly the
 batches an uninterrupted one would, and any world size or accumulation split sees the same global batch.
+Chat data (prepare.py --chat_format=...) comes as rows with a loss mask: each epoch visits every row once in
+an order seeded by (seed, epoch), and only the assistant's tokens are targets.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -53,6 +58,9 @@ min_lr = 3e-5
 warmup_iters = 100
 warmup_init_lr = 0.0
 lr_decay_iters = 2000
+lr_schedule = "cosine"  # "cosine" or "linear" (Open-Instruct's) decay from learning_rate to min_lr
+epochs = 0.0  # > 0 with chat (row) data: max_iters = lr_decay_iters = ceil(epochs * rows / global_batch_size)
+warmup_ratio = 0.0  # > 0: warmup_iters = ceil(warmup_ratio * max_iters) (Alpaca and Open-Instruct use 0.03)
 weight_decay = 0.1
 wd_exclude_1d = True  # OpenELM exempts every 1-D parameter from decay; EasyLM (OpenLLaMA) decays all
 beta1 = 0.9
@@ -66,6 +74,11 @@ compile = False  # torch.compile the model (per block under FSDP)
 activation_checkpointing = False  # recompute each block in the backward pass: less memory, ~1/3 more compute
 parallel = "ddp"  # under torchrun: "ddp" (replicas) or "fsdp" (FSDP2 fully_shard per block)
 seed = 1337
+# LoRA (lora.py): train low-rank adapters on a frozen base from init_from; only the adapters are saved
+lora_rank = 0  # 0 = full finetuning
+lora_alpha = 16.0  # the update is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05  # dropout on the adapters' input
+lora_targets = "qkv_proj,out_proj,gate_up_proj,down_proj"  # projections that get adapters (fused layers)
 # architecture: every ModelConfig field is a setting, so config files set them by name
 globals().update(dataclasses.asdict(ModelConfig()))
 # -----------------------------------------------------------------------------
@@ -78,6 +91,8 @@ def lr_at(it):
     if it >= lr_decay_iters:
         return min_lr
     ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    if lr_schedule == "linear":
+        return learning_rate - ratio * (learning_rate - min_lr)
     return min_lr + 0.5 * (learning_rate - min_lr) * (1.0 + math.cos(math.pi * ratio))
 
 
@@ -104,6 +119,24 @@ def get_batch(shards, step, micro, rank, world, pad_id=None, stream=0):
     return x, y
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_order(n, seed, stream, epoch):
+    return torch.randperm(n, generator=torch.Generator().manual_seed((seed << 32) + (stream << 28) + epoch))
+
+
+def get_rows(data, step, micro, rank, world, stream=0):
+    """get_batch for chat data: (tokens, mask) rows from prepare.open_rows. Sample i of the run is row
+    order[i % n] of epoch i // n, so epochs, resume and world size work as they do for windows. A target is
+    the next token where the mask marks it an assistant token, else ignored."""
+    tokens, mask = data
+    lo = step * global_batch_size + (micro * world + rank) * batch_size
+    idx = [int(epoch_order(len(tokens), seed, stream, i // len(tokens))[i % len(tokens)]) for i in range(lo, lo + batch_size)]
+    x = torch.from_numpy(tokens[idx].astype(np.int64))
+    y = torch.full_like(x, IGNORE_INDEX)
+    y[:, :-1] = torch.where(torch.from_numpy(mask[idx][:, 1:].astype(bool)), x[:, 1:], IGNORE_INDEX)
+    return x, y
+
+
 def open_data(split, required=True):
     import prepare
     shards = [s for s in prepare.open_split(data_dir, split) if len(s) > block_size]
@@ -114,7 +147,7 @@ def open_data(split, required=True):
 
 
 def main(argv):
-    global dtype  # a GPU without bfloat16 falls back to float16
+    global dtype, block_size, max_iters, lr_decay_iters, warmup_iters  # derived below from the hardware and data
     # ------------------------------------------------------------------ settings
     settings = configurator.configure(globals(), argv)
     resume_from = None
@@ -132,7 +165,8 @@ def main(argv):
     elif init_from == "scratch" and checkpoint.latest(out_dir):
         raise SystemExit(f"error: {out_dir} already holds checkpoints: continue with --init_from=resume, "
                          f"or use another --out_dir (or delete it)")
-    for name, val, allowed in (("parallel", parallel, ("ddp", "fsdp")), ("dtype", dtype, ("bfloat16", "float16", "float32"))):
+    for name, val, allowed in (("parallel", parallel, ("ddp", "fsdp")), ("dtype", dtype, ("bfloat16", "float16", "float32")),
+                               ("lr_schedule", lr_schedule, ("cosine", "linear"))):
         if val not in allowed:
             raise SystemExit(f"error: {name}={val!r} is not one of {allowed}")
     for name in ("batch_size", "global_batch_size", "log_interval", "block_size"):
@@ -183,29 +217,58 @@ def main(argv):
     meta = prepare.read_meta(data_dir)
     pad_id = meta.get("pad_id")
     pad_id = pad_id if pad_id not in (None, meta.get("bos_id"), meta.get("eos_id")) else None
-    train_shards, val_shards = open_data("train"), (open_data("val", required=False) if "val" in meta["splits"] else [])
-    if eval_interval and not val_shards and master:
+    rows = meta.get("layout") == "rows"
+    if rows:  # chat data: the rows' length is the sequence length
+        block_size = meta["seq_len"]
+        train_data = prepare.open_rows(data_dir, "train")
+        val_data = prepare.open_rows(data_dir, "val") if meta["splits"].get("val", {}).get("rows") else []
+        batch = lambda data, step, micro, stream=0: get_rows(data, step, micro, rank, world, stream)
+    else:
+        train_data, val_data = open_data("train"), (open_data("val", required=False) if "val" in meta["splits"] else [])
+        batch = lambda data, step, micro, stream=0: get_batch(data, step, micro, rank, world, pad_id, stream)
+    if eval_interval and not len(val_data) and master:
         print(f"note: {data_dir} has no val split longer than block_size: no val loss")
+    if epochs > 0:
+        if not rows:
+            raise SystemExit(f"error: --epochs needs chat (row) data and {data_dir} is a token stream: set --max_iters")
+        max_iters = lr_decay_iters = math.ceil(epochs * len(train_data[0]) / global_batch_size)
+    if warmup_ratio > 0:
+        warmup_iters = math.ceil(warmup_ratio * max_iters)
 
     # ------------------------------------------------------------------ model and resume
     fields = [f.name for f in dataclasses.fields(ModelConfig)]
-    finetune_ours = init_from not in ("scratch", "resume") and checkpoint.resolve(init_from) is not None
-    on_meta = fsdp and (init_from == "resume" or finetune_ours)
-    if init_from in ("scratch", "resume") or finetune_ours:
+    resume_info = checkpoint.read_info(resume_from) if resume_from else {}
+    # where the (frozen, for LoRA) weights come from: None = scratch or a full resume; our checkpoint; a HF dir.
+    # A LoRA run's checkpoints hold only adapters, so its resume starts again from the base it names.
+    base = resume_info.get("lora_base") or (init_from if init_from not in ("scratch", "resume") else None)
+    base_ours = checkpoint.resolve(base) if base is not None else None
+    if lora_rank and base is None:
+        raise SystemExit("error: LoRA trains adapters on a pretrained model: set --init_from to a checkpoint "
+                         "or a Hugging Face directory (or --lora_rank=0 to train from scratch)")
+    on_meta = fsdp and (resume_from is not None or base_ours is not None)
+    if base is None or base_ours:
         config = ModelConfig(**{k: globals()[k] for k in fields})
-        if finetune_ours:  # the architecture is the checkpoint's; only the kernel backend is ours to pick
-            config = dataclasses.replace(checkpoint.model_config(checkpoint.read_info(checkpoint.resolve(init_from))),
-                                         backend=config.backend)
+        known = resume_info or (checkpoint.read_info(base_ours) if base_ours else None)
+        if known:  # the architecture is the checkpoint's; only the kernel backend is ours to pick
+            config = dataclasses.replace(checkpoint.model_config(known), backend=config.backend)
         # FSDP loading weights from a checkpoint never materialises the full model: build on the meta device
         with torch.device("meta") if on_meta else nullcontext():
             model = Transformer(config)
     else:  # a Hugging Face or Meta directory, through hf.py (in full on the CPU, then sharded if FSDP)
-        model, _ = checkpoint.load_model(init_from, device="cpu", dtype=torch.float32)
+        model, _ = checkpoint.load_model(base, device="cpu", dtype=torch.float32)
         config = model.config
         model.train()
     if meta["vocab_size"] > config.vocab_size:
         raise SystemExit(f"error: {data_dir}'s tokenizer has {meta['vocab_size']} tokens but the model has "
                          f"vocab_size={config.vocab_size}: set --vocab_size={meta['vocab_size']}")
+    if block_size > config.block_size:
+        fix = f"prepare the data with --seq_len={config.block_size} or less" if rows else f"set --block_size={config.block_size}"
+        raise SystemExit(f"error: training sequences of {block_size} tokens are longer than the model's context "
+                         f"({config.block_size}): {fix}")
+    lora_config = dict(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets)
+    if lora_rank:  # before compile and sharding, so both see the adapters
+        import lora
+        lora.add(model, **lora_config)
     if activation_checkpointing:  # per block; assigning forward keeps the parameter names unchanged
         from torch.utils.checkpoint import checkpoint as recompute
         for layer in model.layers:
@@ -230,15 +293,17 @@ def main(argv):
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), adam_eps, wd_exclude_1d,
                                            fused=device_type == "cuda")
     step, val_loss = 0, None
+    if base_ours and (lora_rank or not resume_from):  # a LoRA resume needs its frozen base too
+        checkpoint.load_weights(base_ours, model)
+        if master:
+            print(f"initialised from {base_ours}")
     if resume_from:
         info = checkpoint.load_train_state(resume_from, model, optimizer)
         step, val_loss = info["step"], info.get("val_loss")
         if master:
             print(f"resumed from {resume_from} at step {step}")
-    elif finetune_ours:
-        checkpoint.load_weights(checkpoint.resolve(init_from), model)
-        if master:
-            print(f"initialised from {checkpoint.resolve(init_from)}")
+    elif lora_rank:
+        lora.init(model, seed)
     raw = model  # the plain module: checkpoints and evaluation use it
     if distributed and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -251,7 +316,7 @@ def main(argv):
         raw.eval()
         nats = torch.zeros(2, device=dev)  # (summed loss, target tokens)
         for i in range(eval_iters):
-            x, y = get_batch(val_shards, i, 0, rank, world, pad_id, stream=1)
+            x, y = batch(val_data, i, 0, stream=1)
             x, y = x.to(dev), y.to(dev)
             with autocast:
                 _, loss = raw(x, y)
@@ -282,13 +347,18 @@ def main(argv):
             wandb.log(record, step=record["step"])
 
     def save():
-        return checkpoint.save(out_dir, step, raw, optimizer, settings, data_dir=data_dir, keep_last=keep_last,
-                               extra={"val_loss": val_loss})
+        extra = {"val_loss": val_loss}
+        if lora_rank:  # the adapters are only half a model: name the other half
+            extra.update(lora=lora_config, lora_base=os.path.abspath(base_ours or base))
+        return checkpoint.save(out_dir, step, raw, optimizer, settings, data_dir=data_dir, keep_last=keep_last, extra=extra)
 
     # ------------------------------------------------------------------ the loop
     tokens_per_step = global_batch_size * block_size
     flops_per_token = raw.flops_per_token(block_size)
     if master:
+        trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
+        if trainable < raw.num_params():
+            print(f"LoRA: {trainable:,} trainable parameters ({trainable / raw.num_params():.2%})")
         print(f"{raw.num_params() / 1e6:.2f}M parameters | {world} process(es) on {dev} | {micro_steps} micro-step(s) "
               f"of {batch_size}x{block_size} | {tokens_per_step:,} tokens/step | steps {step} -> {max_iters}")
     start_step, t_start = step, time.time()
@@ -297,7 +367,7 @@ def main(argv):
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batches = [get_batch(train_shards, step, m, rank, world, pad_id) for m in range(micro_steps)]
+        batches = [batch(train_data, step, m) for m in range(micro_steps)]
         batches = [(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)) for x, y in batches]
         # weight each micro-batch by its share of the step's target tokens, so masked (padded) rows make the
         # step equal to one big batch; DDP/FSDP average over ranks, hence the factor world
@@ -349,7 +419,7 @@ def main(argv):
                       + (f" | mfu {mfu * 100:.1f}%" if mfu is not None else "")
                       + f" | mem {mem:.2f} GB | eta {eta / 60:.1f} min", flush=True)
                 log(record)
-        if eval_interval and val_shards and (step % eval_interval == 0 or step == max_iters):
+        if eval_interval and len(val_data) and (step % eval_interval == 0 or step == max_iters):
             val_loss = evaluate()
             if master:
                 print(f"step {step}: val loss {val_loss:.4f}", flush=True)

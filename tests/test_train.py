@@ -277,3 +277,17 @@ def test_hugging_face_directory_loads_and_finetunes(tmp_path, data):
     log = run(**base(tmp_path, data, "hf_ft", init_from=str(tmp_path / "hf"), max_iters=2, seed=0))
     ref = run(**base(tmp_path, data, "hf_ref", max_iters=2, seed=0))
     np.testing.assert_allclose(losses(log), losses(ref), rtol=1e-6)
+
+
+def test_resume_of_a_finetune_keeps_the_imported_architecture(tmp_path, data):
+    # the settings name TINY's shape, the imported model is TINY_ELM's: a resume must rebuild the latter
+    hf = pytest.importorskip("hf")
+    from model import ModelConfig, Transformer
+    hf.save_model(Transformer(ModelConfig(**TINY_ELM)), str(tmp_path / "hf_elm"))
+    s = base(tmp_path, data, "ft_elm", init_from=str(tmp_path / "hf_elm"), max_iters=2)
+    straight = run(**{**s, "out_dir": str(tmp_path / "ft_straight"), "max_iters": 4, "log_file": str(tmp_path / "st.jsonl")})
+    run(**s)
+    run(init_from="resume", out_dir=s["out_dir"], max_iters=4, log_file=str(tmp_path / "ft2.jsonl"))
+    resumed = [json.loads(line) for line in open(tmp_path / "ft2.jsonl")]
+    assert losses(resumed) == losses(straight)[2:]
+    assert checkpoint.load_model(s["out_dir"])[0].config.qk_norm

@@ -1,0 +1,156 @@
+# LoRA (lora.py) and LoRA runs of train.py: the start changes nothing, only adapters train and are saved, the
+# merge equals base + adapters, a LoRA run resumes exactly and DDP/FSDP2 under torchrun match one process.
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import lora
+from model import ModelConfig, Transformer
+from test_train import ROOT, TINY, TINY_ELM, args, base, losses, make_data, run
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data):
+    """A briefly trained tiny OpenELM-style checkpoint of ours: the frozen base of every LoRA run here."""
+    tmp = tmp_path_factory.mktemp("pre")
+    s = base(tmp, data, "pre", max_iters=6, **TINY_ELM)
+    run(**s)
+    return s["out_dir"]
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(**{**TINY_ELM, **kw}))
+
+
+def test_adapters_start_as_identity_and_only_they_train():
+    model, idx = tiny(), torch.randint(0, 64, (2, 16))
+    ref = model(idx).detach()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lora.add(model, rank=4, alpha=8, dropout=0.1)
+    lora.init(model, seed=1)
+    model.train()
+    assert torch.equal(model(idx), ref)  # B = 0: bit for bit the base model, dropout or not
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    assert len(trainable) == 2 * 4 * len(model.layers)  # A and B on the four projections of every block
+    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95))
+    for _ in range(3):
+        _, loss = model(idx, idx)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in before.items())  # the base did not move
+    assert not torch.equal(model(idx), ref)  # the adapters did
+    assert all(sd[k].abs().sum() > 0 for k in sd if k.endswith("lora_B"))
+
+
+def test_merge_equals_base_plus_adapters():
+    model = tiny(n_embd=48)
+    lora.add(model, rank=4, alpha=16, dropout=0.0, targets="qkv_proj,down_proj")
+    lora.init(model, seed=3)
+    with torch.no_grad():
+        for _, m in lora.adapters(model):
+            m.lora_B.normal_(0, 0.05)  # a trained-looking update (B = 0 would make the test vacuous)
+    model.eval()
+    idx = torch.randint(0, 64, (2, 20))
+    with_adapters = model(idx).detach()
+    merged = lora.merge(model)
+    assert not lora.adapters(merged) and set(merged.state_dict()) == set(tiny().state_dict())
+    torch.testing.assert_close(merged(idx), with_adapters, rtol=1e-5, atol=1e-5)
+    ref = tiny(n_embd=48)  # the merged weight is W + (alpha / r) B A exactly where there were adapters
+    assert torch.equal(merged.layers[0].attn.out_proj.weight, ref.layers[0].attn.out_proj.weight)
+    assert not torch.equal(merged.layers[0].attn.qkv_proj.weight, ref.layers[0].attn.qkv_proj.weight)
+
+
+def test_init_is_a_function_of_seed_and_name():
+    a, b = tiny(seed=0), tiny(seed=5)  # different bases, same adapters
+    for m in (a, b):
+        lora.add(m, rank=2, alpha=2)
+        lora.init(m, seed=7)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if ".lora_" in k)
+    assert not torch.equal(sa["layers.0.attn.qkv_proj.lora_A"], sa["layers.1.attn.qkv_proj.lora_A"])
+
+
+def test_bad_lora_settings_are_refused(tmp_path, data, pretrained):
+    with pytest.raises(SystemExit, match="lora_targets"):
+        lora.add(tiny(), rank=4, alpha=8, targets="q_proj,v_proj")  # Hugging Face's split names are not ours
+    with pytest.raises(SystemExit, match="lora_rank"):
+        lora.add(tiny(), rank=0, alpha=8)
+    with pytest.raises(SystemExit, match="pretrained model"):
+        run(**base(tmp_path, data, "scratch", lora_rank=4))
+
+
+def test_lora_run_saves_only_adapters_and_loads_merged(tmp_path, data, pretrained):
+    s = base(tmp_path, data, "lora", init_from=pretrained, lora_rank=4, lora_alpha=8.0, lora_dropout=0.0,
+             max_iters=3, learning_rate=1e-2)
+    run(**s)
+    ck = checkpoint.latest(s["out_dir"])
+    from torch.distributed.checkpoint import FileSystemReader
+    keys = [k for k in FileSystemReader(ck).read_metadata().state_dict_metadata if k.startswith("model.")]
+    assert keys and all(".lora_" in k for k in keys)  # no base weight was written
+    info = checkpoint.read_info(ck)
+    assert info["lora"]["rank"] == 4 and info["lora_base"] == os.path.abspath(checkpoint.latest(pretrained))
+    merged, _ = checkpoint.load_model(s["out_dir"])
+    base_model, _ = checkpoint.load_model(pretrained)
+    # rebuild base + adapters by hand from the saved adapter tensors
+    lora.add(base_model, **info["lora"])
+    sd = {k: v for k, v in base_model.state_dict().items() if ".lora_" in k}
+    import torch.distributed.checkpoint as dcp
+    dcp.load({"model": sd}, checkpoint_id=ck, no_dist=True)
+    idx = torch.randint(0, 64, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(idx), base_model.eval()(idx), rtol=1e-5, atol=1e-5)
+        assert (merged(idx) - checkpoint.load_model(pretrained)[0](idx)).abs().max() > 1e-4  # it did learn
+
+
+def test_lora_resume_is_exact(tmp_path, data, pretrained):
+    kw = dict(init_from=pretrained, lora_rank=4, lora_alpha=8.0, lora_dropout=0.1, dtype="bfloat16")
+    straight = run(**base(tmp_path, data, "straight", max_iters=6, **kw))
+    run(**base(tmp_path, data, "halves", max_iters=3, **kw))
+    run(init_from="resume", out_dir=str(tmp_path / "halves"), max_iters=6, log_file=str(tmp_path / "halves2.jsonl"))
+    second = [json.loads(line) for line in open(tmp_path / "halves2.jsonl")]
+    assert losses(straight)[3:] == losses(second)  # bit-identical, dropout's RNG included
+
+
+def test_lora_from_a_hugging_face_directory(tmp_path, data):
+    hf = pytest.importorskip("hf")
+    hf.save_model(tiny(**TINY), str(tmp_path / "hf"))
+    s = base(tmp_path, data, "hf_lora", init_from=str(tmp_path / "hf"), lora_rank=2, max_iters=2, **TINY)
+    log = run(**s)
+    assert len(losses(log)) == 2
+    merged, _ = checkpoint.load_model(s["out_dir"])
+    assert checkpoint.read_info(checkpoint.latest(s["out_dir"]))["lora_base"] == str(tmp_path / "hf")
+    assert set(merged.state_dict()) == set(hf.load_model(str(tmp_path / "hf")).state_dict())
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_lora_torchrun_two_processes_match_one(tmp_path, data, pretrained, parallel):
+    kw = dict(init_from=pretrained, lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, max_iters=3, global_batch_size=8,
+              learning_rate=1e-2)
+    one = run(**base(tmp_path, data, "one", batch_size=8, **kw))
+    s = base(tmp_path, data, parallel, batch_size=2, parallel=parallel, **kw)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args(**s)]
+    p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    two = [json.loads(line) for line in open(s["log_file"])]
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
+    np.testing.assert_allclose(losses(two, "grad_norm"), losses(one, "grad_norm"), rtol=1e-4)
+    ours, _ = checkpoint.load_model(s["out_dir"])
+    ref, _ = checkpoint.load_model(str(tmp_path / "one"))
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
