@@ -4,10 +4,14 @@ Text -> tokenizer + token files, the input of train.py and eval.py.
     python prepare.py                                        # Python's standard library, a trained 8192-piece BPE
     python prepare.py --source=my_corpus/ --tokenizer=llama/tokenizer.model --name=mine
     python prepare.py --source=hf:HuggingFaceFW/fineweb-edu --hf_config=sample-10BT --tokenizer=tiktoken:gpt2
+    python prepare.py --source=alpaca_data.json --chat_format=alpaca --tokenizer=llama2/tokenizer.model --seq_len=1024
 
 writes data/<name>/: token files (flat uint16/uint32 arrays of token ids, every document wrapped in BOS ... EOS),
 meta.json, tokenizer.model (SentencePiece only) and manifest.json, the progress record a re-run resumes from.
-train.py, sample.py, eval.py and hf.py use Tokenizer, load_tokenizer, read_meta and open_split from here.
+With --chat_format, conversations instead: <split>.bin holds rows of seq_len tokens in the Open-Instruct template
+and <split>.mask.bin one byte per token, 1 where the token is a trained target (assistant replies and their EOS).
+train.py, sample.py, eval.py and hf.py use Tokenizer, load_tokenizer, read_meta, open_split, open_rows and
+encode_chat from here.
 """
 import hashlib
 import io
@@ -43,6 +47,12 @@ test_fraction = 0.01  # share held out for the test split, which neither trainin
 shard_tokens = 100_000_000  # a split longer than this is written as <split>_000.bin, <split>_001.bin, ...
 dtype = "auto"  # token file dtype: "auto" (uint16 when vocab_size <= 65536, else uint32), "uint16" or "uint32"
 num_proc = max(1, min(8, os.cpu_count() or 1))  # tokenizer processes (and SentencePiece trainer threads)
+# instruction (chat) data: conversations rendered in the Open-Instruct template, one row of seq_len tokens each
+chat_format = ""  # "" = plain text pretraining; "alpaca", "dolly", "oasst1", "messages", or "auto" (from the first record's keys)
+messages_field = "messages"  # the list of {"role", "content"} of the messages format, e.g. "chosen" for ultrafeedback_binarized
+seq_len = 2048  # chat data: tokens per row, the finetuning context
+packing = "padded"  # "padded": one conversation per row; "packed": whole conversations in order while they fit a row
+overlong = "error"  # a conversation longer than seq_len: "error" (stop and name it), "drop" (skip, counted) or "truncate"
 # -----------------------------------------------------------------------------
 _SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, str))]
 _SPLITS = ("train", "val", "test")
@@ -76,9 +86,23 @@ class Tokenizer:
         self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
         self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else None  # LLaMA's has none (-1)
 
-    def encode(self, text, bos=False, eos=False):
-        ids = self._sp.encode(text) if self.kind == "sentencepiece" else self._enc.encode_ordinary(text)
+    def encode(self, text, bos=False, eos=False, continuation=False):
+        """continuation=True: the text continues a sequence already begun (a chat turn after the first), so no
+        dummy-prefix space is added: LLaMA's SentencePiece puts a "▁" before the text of every encode call."""
+        if self.kind == "tiktoken":
+            ids = self._enc.encode_ordinary(text)
+        else:
+            ids = (self._continuation() if continuation else self._sp).encode(text)
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+    def _continuation(self):
+        if not hasattr(self, "_sp_cont"):  # the same model with add_dummy_prefix off (ours already has it off)
+            import sentencepiece as spm
+            from sentencepiece import sentencepiece_model_pb2
+            proto = sentencepiece_model_pb2.ModelProto.FromString(self._sp.serialized_model_proto())
+            proto.normalizer_spec.add_dummy_prefix = False
+            self._sp_cont = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        return self._sp_cont
 
     def decode(self, ids):
         ids = [int(i) for i in ids]  # numpy and torch integers in, plain ints out
@@ -119,16 +143,83 @@ def load_tokenizer(data_dir):
     return Tokenizer(os.path.join(data_dir, meta["tokenizer_file"]))
 
 
-def open_split(data_dir, split):
-    """A split's token files as read-only memmaps, in order (an empty split gives [])."""
+def open_split(data_dir, split, files="files", dtype=None):
+    """A split's token files as read-only memmaps, in order (an empty split gives []); files="mask_files" and
+    dtype=np.uint8 give a chat split's masks."""
     meta = read_meta(data_dir)
     if split not in meta["splits"]:
         raise SystemExit(f"error: {data_dir} has no {split!r} split: choose one of {sorted(meta['splits'])}")
-    paths = [os.path.join(data_dir, f) for f in meta["splits"][split]["files"]]
+    paths = [os.path.join(data_dir, f) for f in meta["splits"][split][files]]
     for p in paths:
         if not os.path.isfile(p):
             raise SystemExit(f"error: token file {p} is missing: re-run prepare.py for {data_dir}")
-    return [np.memmap(p, dtype=meta["dtype"], mode="r") for p in paths]
+    return [np.memmap(p, dtype=dtype or meta["dtype"], mode="r") for p in paths]
+
+
+def open_rows(data_dir, split):
+    """A chat split as read-only memmaps (tokens, mask), both (rows, seq_len); mask is uint8, 1 where the token is a
+    trained target. An empty split (no files: numpy cannot memory-map an empty one) gives (0, seq_len) arrays."""
+    meta = read_meta(data_dir)
+    if meta.get("layout", "stream") != "rows":
+        raise SystemExit(f"error: {data_dir} holds a token stream, not chat rows: prepare it with --chat_format=... "
+                         f"(or read it with open_split)")
+    T = meta["seq_len"]
+    return tuple(x[0].reshape(-1, T) if x else np.zeros((0, T), dt) for x, dt in (
+        (open_split(data_dir, split), meta["dtype"]), (open_split(data_dir, split, "mask_files", np.uint8), np.uint8)))
+
+
+# -----------------------------------------------------------------------------
+# chat: the Open-Instruct (Tulu) template, the one tokenization shared by training data and sample.py's prompts
+_ROLES = ("system", "user", "assistant")
+
+
+def _turns(messages, where="chat"):
+    """[(role, content)] from {"role", "content"} dicts or (role, content) pairs, checked."""
+    turns = []
+    for j, m in enumerate(messages):
+        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else \
+            tuple(m) if isinstance(m, (list, tuple)) and len(m) == 2 else (None, None)
+        if role not in _ROLES:
+            raise SystemExit(f"error: {where}, message {j}: role {role!r} is not system, user or assistant: fix the data")
+        if not isinstance(content, str):
+            raise SystemExit(f"error: {where}, message {j}: content is {type(content).__name__}, not a string: fix the data")
+        turns.append((role, content))
+    return turns
+
+
+def _segments(messages, add_generation_prompt, where="chat"):
+    """The template as (text, trained) pieces, text None for EOS. Each piece is tokenized on its own, so the mask
+    boundary is exact and a conversation's prefix tokenizes as the prompt that asks for its next reply. The "\\n"
+    after an EOS opens the next piece: the reply's last target is the EOS, which ends generation."""
+    pieces, nl = [], ""
+    for role, content in _turns(messages, where):
+        if role == "assistant":
+            pieces += [(nl + "<|assistant|>\n", False), (content.strip(), True), (None, True)]
+        else:
+            pieces.append((f"{nl}<|{role}|>\n{content.strip()}\n", False))
+        nl = "\n" if role == "assistant" else ""
+    if add_generation_prompt:
+        pieces.append((nl + "<|assistant|>\n", False))
+    elif nl:
+        pieces.append((nl, False))
+    return pieces
+
+
+def chat_text(messages, eos="</s>", add_generation_prompt=False):
+    """The template as text: "<|user|>\\n{msg}\\n<|assistant|>\\n{reply}</s>\\n..." (for display and tests)."""
+    return "".join(eos if t is None else t for t, _ in _segments(messages, add_generation_prompt))
+
+
+def encode_chat(tok, messages, add_generation_prompt=False, where="chat"):
+    """(ids, mask) of a conversation: BOS, then the template piece by piece, each assistant turn ending in the real EOS
+    id (SentencePiece would spell "</s>" out as text). mask[t] is True where token t is a trained target: the
+    assistant's content and its EOS, never a header. add_generation_prompt ends with the "<|assistant|>\\n" header."""
+    ids, mask = [tok.bos_id], [False]
+    for text, trained in _segments(messages, add_generation_prompt, where):
+        piece = [tok.eos_id] if text is None else tok.encode(text, continuation=len(ids) > 1)
+        ids += piece
+        mask += [trained] * len(piece)
+    return ids, mask
 
 
 # -----------------------------------------------------------------------------
@@ -191,49 +282,175 @@ def documents(src, text_field="text", exts=extensions, doc_separator="", hf_conf
             skipped.append((path, type(e).__name__))
 
 
-def _jsonl_rows(path, field, skipped):
+def _jsonl_records(path, skipped):
+    """(line number, parsed JSON) for the non-blank lines of a .jsonl file."""
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except ValueError as e:  # not JSON, or not UTF-8
                 skipped.append((f"{path}:{lineno}", type(e).__name__))
-                continue
-            if not isinstance(row, dict) or field not in row:
-                keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise SystemExit(f"error: {path}:{lineno} has no {field!r} field (it has {keys}): set --text_field")
-            yield row[field] or ""
 
 
-def _parquet_rows(path, field):
+def _jsonl_rows(path, field, skipped):
+    for lineno, row in _jsonl_records(path, skipped):
+        if not isinstance(row, dict) or field not in row:
+            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise SystemExit(f"error: {path}:{lineno} has no {field!r} field (it has {keys}): set --text_field")
+        yield row[field] or ""
+
+
+def _parquet_rows(path, field=None):
+    """The texts of column `field`, or with no field the whole rows as dicts."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise SystemExit(f"error: reading {path} needs pyarrow: pip install pyarrow")
     pf = pq.ParquetFile(path)
-    if field not in pf.schema_arrow.names:
+    if field is not None and field not in pf.schema_arrow.names:
         raise SystemExit(f"error: {path} has no {field!r} column (it has {pf.schema_arrow.names}): set --text_field")
-    for batch in pf.iter_batches(batch_size=1024, columns=[field]):  # a batch at a time: bounded memory
-        yield from (t or "" for t in batch.column(0).to_pylist())
+    for batch in pf.iter_batches(batch_size=1024, columns=field and [field]):  # a batch at a time: bounded memory
+        yield from (batch.to_pylist() if field is None else (t or "" for t in batch.column(0).to_pylist()))
 
 
 def _hf_documents(dataset, field, config, split):
+    for i, row in enumerate(_hf_rows(dataset, config, split)):
+        if field not in row:
+            raise SystemExit(f"error: {dataset} rows have no {field!r} field (they have {sorted(row)}): set --text_field")
+        if row[field]:
+            yield str(row.get("id", i)), row[field]  # a row id survives reordering; else its position
+
+
+def _hf_rows(dataset, config, split):
     try:
         import datasets
     except ImportError:
         raise SystemExit(f"error: --source=hf:{dataset} needs the datasets package: pip install datasets")
     try:
-        for i, row in enumerate(datasets.load_dataset(dataset, config or None, split=split, streaming=True)):
-            if field not in row:
-                raise SystemExit(f"error: {dataset} rows have no {field!r} field (they have {sorted(row)}): set --text_field")
-            if row[field]:
-                yield str(row.get("id", i)), row[field]  # a row id survives reordering; else its position
+        yield from datasets.load_dataset(dataset, config or None, split=split, streaming=True)
     except Exception as e:  # offline, a wrong name or config, a dropped connection mid-stream
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise SystemExit(f"error: cannot stream Hugging Face dataset {dataset!r} ({msg}): check the name, "
                          f"--hf_config and the network (offline machines need a local copy: --source=path)")
+
+
+# -----------------------------------------------------------------------------
+# chat sources: (key, where, [(role, content)]) per conversation; the key decides the split as a document's does
+CHAT_FORMATS = ("alpaca", "dolly", "oasst1", "messages")
+
+
+def _records(src, hf_config="", hf_split="train", skipped=None):
+    """(key, where, record) for the JSON objects of a .json list, .jsonl, .parquet, a folder of them, or hf:<dataset>."""
+    skipped = [] if skipped is None else skipped
+    if src.startswith("hf:"):
+        for i, row in enumerate(_hf_rows(src[3:], hf_config, hf_split)):
+            yield str(row.get("id", i)), f"{src} row {i}", row
+        return
+    root, files = source_files(src, ".json .jsonl .parquet")
+    for path in files:
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        try:
+            if path.endswith(".jsonl"):  # named by line number, the others by position
+                rows = ((f"{path}:{n}", r) for n, r in _jsonl_records(path, skipped))
+            elif path.endswith(".parquet"):
+                rows = ((f"{path}[{i}]", r) for i, r in enumerate(_parquet_rows(path)))
+            else:
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+                if not isinstance(data, list):
+                    raise SystemExit(f"error: {path} holds a JSON {type(data).__name__}, not a list of records: "
+                                     f"give a list, or one record per line as .jsonl")
+                rows = ((f"{path}[{i}]", r) for i, r in enumerate(data))
+            yield from ((f"{rel}#{i}", where, r) for i, (where, r) in enumerate(rows))
+        except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+            skipped.append((path, type(e).__name__))
+
+
+def _field(rec, name, where, fmt, kind=str, default=None):
+    if not isinstance(rec, dict):
+        raise SystemExit(f"error: {where} is a JSON {type(rec).__name__}, not an object: fix the data")
+    if rec.get(name) is None:
+        if default is not None:
+            return default
+        raise SystemExit(f"error: {where} has no {name!r} field (it has {sorted(rec)}), which --chat_format={fmt} "
+                         f"needs: set the right --chat_format ({', '.join(CHAT_FORMATS)}; --messages_field) or fix the data")
+    if not isinstance(rec[name], kind):
+        raise SystemExit(f"error: {where}: {name!r} is a {type(rec[name]).__name__}, not a {kind.__name__}: fix the data")
+    return rec[name]
+
+
+def _instruction(rec, where, fmt, extra, answer):  # alpaca and dolly: the extra text follows the instruction
+    more = _field(rec, extra, where, fmt, default="")
+    return [("user", _field(rec, "instruction", where, fmt) + ("\n\n" + more if more else "")),
+            ("assistant", _field(rec, answer, where, fmt))]
+
+
+def _rank(reply):  # sorts best first: rank 0, 1, ..., then unranked; min() keeps the first of equals
+    rank = reply.get("rank") if isinstance(reply, dict) else None
+    return (rank is None, rank or 0)
+
+
+def _oasst1(rec, where, fmt):
+    """The top-ranked path of an OpenAssistant tree: from the prompt, always the reply of the lowest rank (0 is
+    best; unranked after ranked; ties keep the first), as Open-Instruct's oasst1 conversion does."""
+    node, turns = _field(rec, "prompt", where, fmt, dict), []
+    while node is not None:
+        role = {"prompter": "user", "assistant": "assistant"}.get(_field(node, "role", where, fmt))
+        if role is None:
+            raise SystemExit(f"error: {where}: oasst1 role {node['role']!r} is not prompter or assistant: fix the data")
+        turns.append((role, _field(node, "text", where, fmt)))
+        node = min(_field(node, "replies", where, fmt, list, []), key=_rank, default=None)
+    return turns[:-1] if turns[-1][0] == "user" else turns  # a question nobody answered teaches nothing
+
+
+def _oasst1_trees(recs, fmt):
+    """The flat message table of the Hugging Face OpenAssistant/oasst1 (message_id, parent_id, ...) -> one record
+    per root in the trees JSONL's shape, keyed and named by its root message."""
+    recs, nodes = list(recs), {}
+    for _, where, r in recs:
+        nodes[_field(r, "message_id", where, fmt)] = dict(r, replies=[])
+    for _, _, r in recs:  # in table order, so ties between replies keep it
+        if r.get("parent_id") in nodes:
+            nodes[r["parent_id"]]["replies"].append(nodes[r["message_id"]])
+    return [(key, where, {"prompt": nodes[r["message_id"]]}) for key, where, r in recs if r.get("parent_id") is None]
+
+
+def chat_format_of(rec, messages_field="messages", where="the first record"):
+    """The chat format a record's keys say it has."""
+    keys = set(rec) if isinstance(rec, dict) else set()
+    fmt = ("messages" if messages_field in keys else "alpaca" if {"instruction", "output"} <= keys else
+           "dolly" if {"instruction", "response"} <= keys else "oasst1" if {"message_id", "parent_id"} <= keys or
+           isinstance(rec, dict) and isinstance(rec.get("prompt"), dict) else None)
+    if fmt is None:
+        raise SystemExit(f"error: cannot tell the chat format of {where} from its keys {sorted(keys)}: set "
+                         f"--chat_format to one of {', '.join(CHAT_FORMATS)} (and --messages_field for messages)")
+    return fmt
+
+
+def conversations(src, chat_format="auto", messages_field="messages", hf_config="", hf_split="train", skipped=None):
+    """(format, iterator of (key, where, [(role, content)])) of a chat source; "auto" reads the first record's keys."""
+    recs = _records(src, hf_config, hf_split, skipped)
+    first = next(recs, None)
+    if first is None:
+        raise SystemExit(f"error: no records in {src}: give a .json list, .jsonl or .parquet file or folder, or hf:<dataset>")
+    fmt = chat_format_of(first[2], messages_field, first[1]) if chat_format == "auto" else chat_format
+    recs = itertools.chain([first], recs)
+    if fmt == "oasst1" and isinstance(first[2], dict) and "prompt" not in first[2]:
+        recs = _oasst1_trees(recs, fmt)
+    convert = {"alpaca": lambda r, w: _instruction(r, w, fmt, "input", "output"),
+               "dolly": lambda r, w: _instruction(r, w, fmt, "context", "response"),
+               "oasst1": lambda r, w: _oasst1(r, w, fmt),
+               "messages": lambda r, w: _field(r, messages_field, w, fmt, list)}[fmt]
+
+    def checked(key, where, rec):
+        turns = _turns(convert(rec, where), where)
+        if not any(role == "assistant" for role, _ in turns):
+            raise SystemExit(f"error: {where} has no assistant turn, so nothing to train on: fix the data (or check "
+                             f"--chat_format={fmt}, --messages_field={messages_field})")
+        return key, where, turns
+    return fmt, (checked(*r) for r in recs)
 
 
 # -----------------------------------------------------------------------------
@@ -353,7 +570,7 @@ class _SplitWriter:
 def _clear(out_dir, fingerprint):
     """Remove what an earlier run left (only names this script writes) and return a fresh manifest."""
     for f in os.listdir(out_dir):
-        if re.fullmatch(r"(train|val|test)(_\d+)?\.bin(\.tmp)?|meta\.json|manifest\.json", f):
+        if re.fullmatch(r"(train|val|test)(_\d+)?(\.mask)?\.bin(\.tmp)?|meta\.json|manifest\.json", f):
             os.remove(os.path.join(out_dir, f))
     return {"settings": fingerprint, "complete": False, "splits": {k: [] for k in _SPLITS}}
 
@@ -367,6 +584,21 @@ def _encode_batch(texts):
     return [(np.array(_tok.encode(t, bos=True, eos=True), dtype=_dtype), len(t.encode("utf-8"))) for t in texts]
 
 
+def _rows(convs, seq_len, packing="padded", pad_id=0, dtype="uint16"):
+    """[(ids, mask)] conversations of at most seq_len tokens -> (tokens, mask) arrays (rows, seq_len), padded with
+    pad_id (mask 0). "padded": a conversation per row; "packed": whole conversations in order while they fit."""
+    rows = []
+    for ids, mask in convs:
+        if not rows or packing == "padded" or len(rows[-1][0]) + len(ids) > seq_len:
+            rows.append(([], []))
+        rows[-1][0].extend(ids)
+        rows[-1][1].extend(mask)
+    tokens, trained = np.full((len(rows), seq_len), pad_id, dtype), np.zeros((len(rows), seq_len), np.uint8)
+    for r, (ids, mask) in enumerate(rows):
+        tokens[r, :len(ids)], trained[r, :len(mask)] = ids, mask
+    return tokens, trained
+
+
 # -----------------------------------------------------------------------------
 # the pipeline
 
@@ -375,6 +607,31 @@ def default_name(src, hf_config=""):
     if src.startswith("hf:"):
         return src[3:].rstrip("/").split("/")[-1] + (f"-{hf_config}" if hf_config else "")
     return os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
+
+
+def _install_tokenizer(out_dir, tok, train_texts, s, keep=False):
+    """The data folder's tokenizer: a SentencePiece model copied in, tiktoken recorded by name (in meta.json), or a
+    BPE trained on train_texts() (the train split only); keep: reuse the one an interrupted run trained."""
+    model_path = os.path.join(out_dir, "tokenizer.model")
+    if tok is not None and tok.kind == "sentencepiece":
+        if not (os.path.isfile(model_path) and os.path.samefile(tok.name, model_path)):
+            shutil.copyfile(tok.name, model_path + ".tmp")
+            os.replace(model_path + ".tmp", model_path)
+    elif tok is None and not (keep and os.path.isfile(model_path)):
+        t0 = time.time()
+        print(f"training a {s['vocab_size']}-piece SentencePiece BPE on the train split of {s['source']} ...")
+        n, chars = train_tokenizer(train_texts(), model_path, s["vocab_size"], s["tokenizer_sentences"], s["num_proc"])
+        print(f"tokenizer trained on {n:,} chunks ({chars / 1e6:.1f}M characters) in {time.time() - t0:.1f}s")
+    return tok if tok is not None and tok.kind == "tiktoken" else Tokenizer(model_path)
+
+
+def _write_meta(out_dir, tok, dt, src, splits, **layout):
+    meta = {"tokenizer": tok.kind, "tokenizer_file": "tokenizer.model" if tok.kind == "sentencepiece" else None,
+            "tiktoken_encoding": tok.spec.split(":", 1)[1] if tok.kind == "tiktoken" else None,
+            "vocab_size": tok.vocab_size, "dtype": dt, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
+            "source": f"stdlib:{platform.python_version()}" if src == "stdlib" else src, "splits": splits, **layout}
+    _atomic_write(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1))
+    return meta
 
 
 def prepare_data(out_dir, **overrides):
@@ -388,9 +645,20 @@ def prepare_data(out_dir, **overrides):
     if s["shard_tokens"] < 1 or s["num_proc"] < 1:
         raise SystemExit("error: shard_tokens and num_proc must be at least 1")
     token_dtype(0, s["dtype"])  # checks the choice before any work
+    chat = s["chat_format"]
+    if chat:
+        for key, allowed in (("chat_format", ("auto",) + CHAT_FORMATS), ("packing", ("padded", "packed")),
+                             ("overlong", ("error", "drop", "truncate"))):
+            if s[key] not in allowed:
+                raise SystemExit(f"error: {key}={s[key]!r}: use one of {', '.join(allowed)}")
+        if s["seq_len"] < 2 or src == "stdlib":
+            raise SystemExit("error: chat data needs seq_len >= 2 and a --source of conversations (.json, .jsonl, "
+                             ".parquet, a folder of them, or hf:<dataset>)")
     if not src.startswith("hf:"):
-        source_files(src, s["extensions"])  # a missing path fails here, before anything is written
+        source_files(src, ".json .jsonl .parquet" if chat else s["extensions"])  # a missing path fails here, early
     tok = Tokenizer(tok_spec) if tok_spec else None  # so do a missing tokenizer file and an offline tiktoken
+    if chat:
+        return _prepare_chat(out_dir, s, tok)
     docs = lambda skipped=None: itertools.islice(documents(
         src, s["text_field"], s["extensions"], s["doc_separator"], s["hf_config"], s["hf_split"], skipped),
         s["max_documents"] or None)
@@ -412,18 +680,8 @@ def prepare_data(out_dir, **overrides):
         manifest = _clear(out_dir, fingerprint)
     save_manifest = lambda: _atomic_write(manifest_path, json.dumps(manifest, indent=1))
 
-    # the tokenizer: copied in, recorded by name, or trained on the train split only
-    if tok is not None and tok.kind == "sentencepiece":
-        if not (os.path.isfile(model_path) and os.path.samefile(tok.name, model_path)):
-            shutil.copyfile(tok.name, model_path + ".tmp")
-            os.replace(model_path + ".tmp", model_path)
-    elif tok is None and not (resume and os.path.isfile(model_path)):
-        t0 = time.time()
-        print(f"training a {s['vocab_size']}-piece SentencePiece BPE on the train split of {src} ...")
-        train_docs = (t for k, t in docs() if split_of(k, *fractions) == "train")
-        n, chars = train_tokenizer(train_docs, model_path, s["vocab_size"], s["tokenizer_sentences"], s["num_proc"])
-        print(f"tokenizer trained on {n:,} chunks ({chars / 1e6:.1f}M characters) in {time.time() - t0:.1f}s")
-    tok = tok if tok is not None and tok.kind == "tiktoken" else Tokenizer(model_path)
+    train_docs = lambda: (t for k, t in docs() if split_of(k, *fractions) == "train")
+    tok = _install_tokenizer(out_dir, tok, train_docs, s, keep=resume)
     tok_id = tok.spec if tok.kind == "tiktoken" else hashlib.sha256(open(model_path, "rb").read()).hexdigest()
     if manifest.get("tokenizer") not in (None, tok_id):  # token files made with another tokenizer are useless
         print(f"{out_dir}: the tokenizer changed since the last run, starting over")
@@ -484,11 +742,7 @@ def prepare_data(out_dir, **overrides):
         raise SystemExit(f"error: no documents in {src} ({len(skipped)} inputs skipped as unreadable or not UTF-8): "
                          f"check the path, --extensions and --text_field")
     splits = {k: w.finish(n_seen) for k, w in writers.items()}
-    meta = {"tokenizer": tok.kind, "tokenizer_file": "tokenizer.model" if tok.kind == "sentencepiece" else None,
-            "tiktoken_encoding": tok.spec.split(":", 1)[1] if tok.kind == "tiktoken" else None,
-            "vocab_size": tok.vocab_size, "dtype": dt, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
-            "source": f"stdlib:{platform.python_version()}" if src == "stdlib" else src, "splits": splits}
-    _atomic_write(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1))
+    meta = _write_meta(out_dir, tok, dt, src, splits, layout="stream")
     manifest["splits"], manifest["complete"] = {k: w.done for k, w in writers.items()}, True
     save_manifest()
 
@@ -503,6 +757,63 @@ def prepare_data(out_dir, **overrides):
     print(f"{out_dir}: {total['documents']:,} documents, {total['bytes'] / 1e6:.1f} MB, {total['tokens']:,} tokens "
           f"(train/val/test {per_split}); tokenized {tokens:,} in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} "
           f"tokens/s); {n_files} token files")
+    return meta
+
+
+def _prepare_chat(out_dir, s, tok):
+    """Conversations -> <split>.bin rows of seq_len tokens + <split>.mask.bin. Chat sets are small: everything is
+    held in memory and written in one go, each file under a temporary name; a re-run redoes it all identically."""
+    src, fractions, T, skipped = s["source"], (s["val_fraction"], s["test_fraction"]), s["seq_len"], []
+
+    def convs(skipped=None):
+        fmt, it = conversations(src, s["chat_format"], s["messages_field"], s["hf_config"], s["hf_split"], skipped)
+        return fmt, itertools.islice(it, s["max_documents"] or None)
+
+    os.makedirs(out_dir, exist_ok=True)
+    _clear(out_dir, None)  # no stale meta.json over half-written files, no shards of an earlier text run
+    train_texts = lambda: (chat_text(t, eos="") for k, _, t in convs()[1] if split_of(k, *fractions) == "train")
+    tok = _install_tokenizer(out_dir, tok, train_texts, s)
+    dt, pad = token_dtype(tok.vocab_size, s["dtype"]), tok.eos_id if tok.pad_id is None else tok.pad_id
+
+    from tqdm import tqdm
+    fmt, it = convs(skipped)
+    kept = {k: [] for k in _SPLITS}
+    count = {k: {"dropped": 0, "truncated": 0} for k in _SPLITS}
+    with tqdm(it, unit="conv", desc="tokenizing", leave=False, disable=None) as bar:  # a terminal only; erased on error
+        for key, where, turns in bar:
+            split = split_of(key, *fractions)
+            ids, mask = encode_chat(tok, turns, where=where)
+            if len(ids) > T:
+                if s["overlong"] == "error":
+                    raise SystemExit(f"error: {where} is {len(ids):,} tokens, more than seq_len={T}: raise --seq_len, "
+                                     f"or --overlong=drop to skip such conversations, or --overlong=truncate to cut them")
+                if s["overlong"] == "drop" or not any(mask[:T]):  # cut before its first reply: nothing left to learn
+                    count[split]["dropped"] += 1
+                    continue
+                ids, mask = ids[:T], mask[:T]
+                count[split]["truncated"] += 1
+            kept[split].append((ids, mask))
+    if not any(kept.values()):
+        raise SystemExit(f"error: no conversations left in {src} ({sum(c['dropped'] for c in count.values())} dropped "
+                         f"as longer than seq_len={T}): raise --seq_len or use --overlong=truncate")
+
+    splits = {}
+    for k in _SPLITS:
+        tokens, mask = _rows(kept[k], T, s["packing"], pad, dt)
+        files = [f"{k}.bin", f"{k}.mask.bin"] if len(tokens) else []  # numpy cannot memory-map an empty file
+        for f, a in zip(files, (tokens, mask)):
+            _atomic_write(os.path.join(out_dir, f), a.tobytes())
+        splits[k] = {"files": files[:1], "mask_files": files[1:], "documents": len(kept[k]), "rows": len(tokens),
+                     "tokens": sum(len(ids) for ids, _ in kept[k]), "trained_tokens": int(mask.sum()), **count[k]}
+    meta = _write_meta(out_dir, tok, dt, src, splits, layout="rows", seq_len=T, packing=s["packing"], chat_format=fmt)
+
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable or non-JSON inputs, first {skipped[0][0]} ({skipped[0][1]})")
+    total = {f: sum(v[f] for v in splits.values()) for f in splits["train"] if f not in ("files", "mask_files")}
+    print(f"{out_dir}: {total['documents']:,} {fmt} conversations in {total['rows']:,} {s['packing']} rows of {T} "
+          f"(train/val/test {' / '.join(str(splits[k]['rows']) for k in _SPLITS)}), {total['tokens']:,} tokens "
+          f"({total['tokens'] / max(total['rows'] * T, 1):.0%} of the rows), {total['trained_tokens']:,} trained; "
+          f"{total['dropped']} dropped, {total['truncated']} truncated as longer than seq_len")
     return meta
 
 

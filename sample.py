@@ -274,30 +274,6 @@ def _speculate(model, out, T, max_new, probs, seen, k_lookup, max_ngram, draft_m
     return L, proposed, accepted
 
 
-# ----------------------------------------------------------------------------- chat (Open-Instruct / Tulu format)
-
-def chat_prompt(messages, eos="</s>", add_generation_prompt=True):
-    """[(role, text)] with role system | user | assistant -> "<|user|>\\n{msg}\\n<|assistant|>\\n{reply}</s>\\n...",
-    ending with "<|assistant|>\\n" for the model to continue when add_generation_prompt."""
-    text = ""
-    for m in messages:
-        role, content = (m["role"], m["content"]) if isinstance(m, dict) else m
-        if role not in ("system", "user", "assistant"):
-            raise SystemExit(f"error: chat role {role!r} is not system, user or assistant")
-        text += f"<|{role}|>\n{content.strip()}" + (eos if role == "assistant" else "") + "\n"
-    return text + ("<|assistant|>\n" if add_generation_prompt else "")
-
-
-def encode_chat(tok, messages, add_generation_prompt=True):
-    """chat_prompt as token ids: BOS first, and each assistant turn's "</s>" becomes the real EOS id (a
-    SentencePiece tokenizer would otherwise spell it out as text)."""
-    parts = chat_prompt(messages, "\0", add_generation_prompt).split("\0")
-    ids = [tok.bos_id]
-    for i, part in enumerate(parts):
-        ids += tok.encode(part) + ([tok.eos_id] if i < len(parts) - 1 else [])
-    return ids
-
-
 # ----------------------------------------------------------------------------- command line
 
 def streamer(tok, prompt, stops):
@@ -353,6 +329,7 @@ if __name__ == "__main__":
             raise SystemExit(f"error: cannot read the prompt file {start[5:]}: {e.strerror}")
     prompts = [line for line in start.splitlines() if line.strip()] if each_line else [start]
     if chat:  # a conversation: the reply streams, then the next user turn (only when a person is typing)
+        import prepare  # its encode_chat tokenized the finetuning data: prompts match it token for token
         messages, message = [], start.strip() or (None if sys.stdin.isatty() else "")
         if message == "":
             raise SystemExit("error: chat mode without a terminal needs the message: --start='...' or --start=FILE:path")
@@ -363,10 +340,10 @@ if __name__ == "__main__":
                 except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C ends the conversation
                     sys.exit(print())
             messages.append(("user", message))
-            ids = encode_chat(tok, messages)
+            ids = prepare.encode_chat(tok, messages, add_generation_prompt=True)[0]
             while len(ids) + 16 > model.config.block_size and len(messages) > 1:  # forget the oldest turns
                 messages = messages[2:]
-                ids = encode_chat(tok, messages)
+                ids = prepare.encode_chat(tok, messages, add_generation_prompt=True)[0]
             print("assistant> ", end="", flush=True)
             messages.append(("assistant", complete(model, tok, ids, controls)))
             print(f"\n[{stats['new_tokens']} tokens, {stats['tokens_per_s']:.1f} tokens/s]", file=sys.stderr)

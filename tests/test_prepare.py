@@ -124,7 +124,8 @@ def test_stdlib_corpus_and_its_split():
 def test_prepare_layout_splits_and_bos_eos(prepared, corpus, sp_model):
     meta = P.read_meta(prepared)
     assert list(meta) == ["tokenizer", "tokenizer_file", "tiktoken_encoding", "vocab_size", "dtype", "bos_id",
-                          "eos_id", "pad_id", "source", "splits"]
+                          "eos_id", "pad_id", "source", "splits", "layout"]
+    assert meta["layout"] == "stream"
     assert (meta["tokenizer"], meta["tokenizer_file"], meta["tiktoken_encoding"]) == ("sentencepiece", "tokenizer.model", None)
     assert (meta["vocab_size"], meta["dtype"], meta["bos_id"], meta["eos_id"], meta["pad_id"]) == (500, "uint16", 1, 2, None)
     assert open(os.path.join(prepared, "tokenizer.model"), "rb").read() == open(sp_model, "rb").read()

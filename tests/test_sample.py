@@ -213,22 +213,26 @@ class CharTokenizer:  # a character tokenizer, enough to check the chat format a
     chars = "\n <>|/abcdefghijklmnopqrstuvwxyz?!.,'"
     vocab_size = len(chars) + 3
 
-    def encode(self, text, bos=False, eos=False):
+    def encode(self, text, bos=False, eos=False, continuation=False):
         return [self.bos_id] * bos + [self.chars.index(c) + 3 for c in text] + [self.eos_id] * eos
 
     def decode(self, ids):
         return "".join(self.chars[i - 3] for i in ids if i >= 3)
 
 
-def test_chat_template_is_open_instruct():
+def test_chat_prompt_is_prepares_open_instruct_encoding():
+    import prepare  # the one template: sample.py's chat prompts are tokenized as the finetuning data was
+    assert not hasattr(sample, "encode_chat") and not hasattr(sample, "chat_prompt")
     msgs = [("user", "hi there"), ("assistant", "hello!"), {"role": "user", "content": "how are you?"}]
-    text = sample.chat_prompt(msgs)
+    text = prepare.chat_text(msgs, add_generation_prompt=True)
     assert text == "<|user|>\nhi there\n<|assistant|>\nhello!</s>\n<|user|>\nhow are you?\n<|assistant|>\n"
     tok = CharTokenizer()
-    ids = sample.encode_chat(tok, msgs)
+    ids, mask = prepare.encode_chat(tok, msgs, add_generation_prompt=True)
     assert ids[0] == tok.bos_id and ids.count(tok.eos_id) == 1
     cut = ids.index(tok.eos_id)
     assert tok.decode(ids[:cut]) + "</s>" + tok.decode(ids[cut:]) == text
+    assert [i for i, m in zip(ids, mask) if m] == tok.encode("hello!", eos=True)  # the reply and its EOS, only
+    assert ids[-len("<|assistant|>\n"):] == tok.encode("<|assistant|>\n")  # ends asking for the next reply
 
 
 def test_streamer_prints_as_it_goes_and_stops_at_a_stop_string(capsys):

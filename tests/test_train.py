@@ -291,3 +291,24 @@ def test_resume_of_a_finetune_keeps_the_imported_architecture(tmp_path, data):
     resumed = [json.loads(line) for line in open(tmp_path / "ft2.jsonl")]
     assert losses(resumed) == losses(straight)[2:]
     assert checkpoint.load_model(s["out_dir"])[0].config.qk_norm
+
+
+def test_chat_rows_visit_every_row_once_per_epoch_and_mask_targets():
+    import train
+    importlib.reload(train)
+    n, T = 10, 6
+    tokens = np.arange(n * T, dtype=np.uint16).reshape(n, T)  # row r holds r*T .. r*T+T-1
+    mask = np.zeros((n, T), dtype=np.uint8)
+    mask[:, 3:5] = 1  # "assistant" tokens 3 and 4 of each row
+    train.seed, train.global_batch_size, train.batch_size = 3, 5, 5
+    rows_of = lambda step: (train.get_rows((tokens, mask), step, 0, 0, 1)[0][:, 0] // T).tolist()
+    epoch0, epoch1 = rows_of(0) + rows_of(1), rows_of(2) + rows_of(3)
+    assert sorted(epoch0) == sorted(epoch1) == list(range(n)) and epoch0 != epoch1
+    train.batch_size = 1  # 5 ranks x 1 row: the same global batch
+    x, y = train.get_rows((tokens, mask), 1, 0, 0, 1)
+    split = torch.cat([train.get_rows((tokens, mask), 1, 0, r, 5)[0] for r in range(5)])
+    train.batch_size = 5
+    assert torch.equal(split, train.get_rows((tokens, mask), 1, 0, 0, 1)[0])
+    x, y = train.get_rows((tokens, mask), 0, 0, 0, 1)
+    assert torch.equal(y[:, 2:4], x[:, 3:5])  # position t predicts token t+1 where token t+1 is trained
+    assert (y[:, :2] == -1).all() and (y[:, 4:] == -1).all()
