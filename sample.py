@@ -15,7 +15,6 @@ p_{n+1}. Every emitted token is then distributed exactly as p. Prompt lookup is 
 deterministic proposer (q one-hot), and greedy decoding is the same rule with p one-hot, so a single
 accept() serves all four combinations and greedy output is token-for-token that of plain greedy decoding.
 """
-import os
 import sys
 import time
 

@@ -2,8 +2,6 @@
 # merge equals base + adapters, a LoRA run resumes exactly and DDP/FSDP2 under torchrun match one process.
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ import torch
 import checkpoint
 import lora
 from model import ModelConfig, Transformer
-from test_train import ROOT, TINY, TINY_ELM, args, base, losses, make_data, run
+from test_train import TINY, TINY_ELM, base, losses, make_data, run, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +141,7 @@ def test_lora_torchrun_two_processes_match_one(tmp_path, data, pretrained, paral
               learning_rate=1e-2)
     one = run(**base(tmp_path, data, "one", batch_size=8, **kw))
     s = base(tmp_path, data, parallel, batch_size=2, parallel=parallel, **kw)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args(**s)]
-    p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    torchrun(**s)
     two = [json.loads(line) for line in open(s["log_file"])]
     np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
     np.testing.assert_allclose(losses(two, "grad_norm"), losses(one, "grad_norm"), rtol=1e-4)

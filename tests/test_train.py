@@ -227,18 +227,20 @@ def test_bad_paths_and_settings_are_refused(tmp_path, data):
 # ----------------------------------------------------------------------------- torchrun: DDP and FSDP2 on CPU
 
 
+def torchrun(**settings):
+    """train.py under `torchrun --nproc_per_node=2` (gloo on the CPU, one thread per rank)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           *args(**settings)]
+    p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_torchrun_two_processes_match_one(tmp_path, data, parallel):
     kw = dict(max_iters=4, global_batch_size=8, **TINY_ELM)
     one = run(**base(tmp_path, data, "one", batch_size=8, **kw))
     s = base(tmp_path, data, parallel, batch_size=2, parallel=parallel, **kw)  # 2 ranks x 2 micro-steps x 2 rows
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def torchrun(**settings):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-               *args(**settings)]
-        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     if parallel == "fsdp":  # half, then a sharded resume: the model is built on the meta device and loaded shard-wise
         torchrun(**{**s, "max_iters": 2})
         torchrun(init_from="resume", out_dir=s["out_dir"], max_iters=4)

@@ -254,7 +254,7 @@ def test_our_checkpoint_round_trip(tmp_path, data_dir, cfg):
     base, tuned = pair(cfg)
     settings = {"learning_rate": 1e-4, "out_dir": "ft"}
     checkpoint.save(str(tmp_path / "base"), 10, base, torch.optim.AdamW(base.parameters()), {}, data_dir=data_dir)
-    ck = checkpoint.save(str(tmp_path / "tuned"), 20, tuned, torch.optim.AdamW(tuned.parameters()), settings, data_dir=data_dir)
+    checkpoint.save(str(tmp_path / "tuned"), 20, tuned, torch.optim.AdamW(tuned.parameters()), settings, data_dir=data_dir)
     wd.make(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "diff"))  # run dirs: their latest
     info = json.loads((tmp_path / "diff" / "weight_diff.json").read_text())
     assert info["kind"] == "ours" and info["fixup_elements"] == len(FIXED[torch.float32])
