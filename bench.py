@@ -6,6 +6,7 @@ Benchmarks against the reference paths. One sub-command per section:
     python bench.py decode            batch-1 generation: ours vs transformers generate(), prompt lookup, GPU roofline
     python bench.py train             training tokens/s vs nanoGPT and HF Llama (CPU), elm_tiny vs GPT bits/byte, GPU MFU
     python bench.py train throughput  one part only: throughput | bpb | mfu
+    python bench.py finetune          instruction tuning of elm_tiny on stdlib functions: full vs LoRA (CPU)
 
 Each section is a plain function taking the remaining arguments; add a new one to SECTIONS.
 Numbers are printed, never asserted: timings depend on the GPU, its clocks and the driver.
@@ -656,7 +657,99 @@ def bench_train(args):
         bench_train_mfu()
 
 
-SECTIONS = {"kernels": bench_kernels, "decode": bench_sample, "train": bench_train}
+# ----------------------------------------------------------------------------- finetune (CPU): instruction tuning
+
+def stdlib_functions(path, max_chars=600):
+    """An instruction dataset built offline from this Python's standard library: for each top-level function with
+    a docstring, the user asks for it by signature and the docstring's first line; the reply is its source.
+    Written as messages JSONL; returns the number of conversations."""
+    import ast
+    import json
+    import prepare
+    n = 0
+    with open(path, "w") as f:
+        for file in prepare.source_files("stdlib")[1]:
+            try:
+                src = open(file, encoding="utf-8").read()
+                tree = ast.parse(src)
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in tree.body:
+                doc = ast.get_docstring(node) if isinstance(node, ast.FunctionDef) else None
+                code = ast.get_source_segment(src, node) if doc else None
+                if code and len(code) <= max_chars and doc.strip():
+                    ask = f"Write a Python function {node.name}({ast.unparse(node.args)}): {doc.strip().splitlines()[0]}"
+                    f.write(json.dumps({"messages": [{"role": "user", "content": ask},
+                                                     {"role": "assistant", "content": code}]}) + "\n")
+                    n += 1
+    return n
+
+
+@torch.no_grad()
+def reply_loss(model, data_dir, split="val", B=16):
+    """Mean loss per reply token (the assistant's tokens only, as training counts them) over a chat split."""
+    import prepare
+    tokens, mask = prepare.open_rows(data_dir, split)
+    total, count = 0.0, 0
+    for i in range(0, len(tokens), B):
+        x = torch.from_numpy(tokens[i:i + B].astype("int64"))
+        y = torch.where(torch.from_numpy(mask[i:i + B, 1:].astype(bool)), x[:, 1:], -1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model.eval()(x[:, :-1], y)
+        n = int((y != -1).sum())
+        total, count = total + loss.item() * n, count + n
+    return total / count
+
+
+def bench_finetune(args, run_dir="out/elm_tiny", steps=150):
+    """Instruction tuning on the CPU: elm_tiny (from `make demo`) tuned to answer "write the function f(...)" with its
+    stdlib source, fully and with LoRA, the same steps and batches; loss per reply token on held-out functions."""
+    import copy
+    import importlib
+    import os
+    import shutil
+    import time
+    import checkpoint
+    import lora
+    import prepare
+    import train
+    if checkpoint.resolve(run_dir) is None:
+        raise SystemExit(f"error: bench.py finetune tunes {run_dir}: train it first (make demo)")
+    os.makedirs("data", exist_ok=True)
+    n = stdlib_functions("data/stdlib_functions.jsonl")
+    data = "data/stdlib_chat"
+    prepare.prepare_data(data, source="data/stdlib_functions.jsonl", chat_format="messages",
+                         tokenizer=os.path.join(checkpoint.resolve(run_dir), "tokenizer.model"), seq_len=256,
+                         overlong="drop", val_fraction=0.05, test_fraction=0.0, num_proc=1)
+    meta = prepare.read_meta(data)
+    print(f"{n} stdlib functions -> {meta['splits']['train']['rows']} train / {meta['splits']['val']['rows']} val "
+          f"conversations (dropped {meta['splits']['train']['dropped']} longer than 256 tokens)")
+    base, tok = checkpoint.load_model(run_dir)
+    rows = [("elm_tiny, not tuned", 0, 0.0, reply_loss(base, data))]
+    common = dict(data_dir=data, init_from=run_dir, max_iters=steps, lr_decay_iters=steps, batch_size=16,
+                  global_batch_size=16, warmup_iters=10, warmup_init_lr=0.0, weight_decay=0.0, lr_schedule="linear",
+                  min_lr=0.0, eval_interval=0, save_interval=0, log_interval=25, dtype="bfloat16")
+    runs = {"full finetuning": dict(learning_rate=3e-4),
+            "LoRA r=16 (alpha 32)": dict(learning_rate=2e-3, lora_rank=16, lora_alpha=32.0, lora_dropout=0.05)}
+    for name, kw in runs.items():
+        out = "out/bench_finetune_" + ("lora" if "lora_rank" in kw else "full")
+        shutil.rmtree(out, ignore_errors=True)
+        importlib.reload(train)  # fresh settings: they are module globals
+        t = time.time()
+        train.main([f"--{k}={v!r}" if not isinstance(v, str) else f"--{k}={v}" for k, v in {**common, **kw, "out_dir": out}.items()])
+        minutes = (time.time() - t) / 60
+        model, _ = checkpoint.load_model(out)  # LoRA: base + adapters, merged
+        counted = lora.add(copy.deepcopy(base), kw["lora_rank"], 1.0) if "lora_rank" in kw else base
+        trainable = sum(p.numel() for p in counted.parameters() if p.requires_grad)
+        rows.append((name, trainable, minutes, reply_loss(model, data)))
+    print(f"\ninstruction tuning of {run_dir} on stdlib functions, CPU ({torch.get_num_threads()} threads), "
+          f"{steps} steps of 16 x 256, bf16 autocast")
+    print("| model | trainable params | minutes | loss per reply token (held out) |\n|---|---|---|---|")
+    for name, p, m, loss in rows:
+        print(f"| {name} | {p / 1e6:.2f}M | {m:.1f} | {loss:.3f} |")
+
+
+SECTIONS = {"kernels": bench_kernels, "decode": bench_sample, "train": bench_train, "finetune": bench_finetune}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in SECTIONS:
