@@ -113,6 +113,15 @@ def test_lora_run_saves_only_adapters_and_loads_merged(tmp_path, data, pretraine
     with torch.no_grad():
         torch.testing.assert_close(merged(idx), base_model.eval()(idx), rtol=1e-5, atol=1e-5)
         assert (merged(idx) - checkpoint.load_model(pretrained)[0](idx)).abs().max() > 1e-4  # it did learn
+    import subprocess
+    import sys
+    from test_train import ROOT
+    p = subprocess.run([sys.executable, "hf.py", "--export", f"--init_from={s['out_dir']}", f"--out={tmp_path / 'exp'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import hf  # the export of a LoRA run is an ordinary model folder holding the merged weights
+    with torch.no_grad():
+        assert torch.equal(hf.load_model(str(tmp_path / "exp"))(idx), merged(idx))
 
 
 def test_lora_resume_is_exact(tmp_path, data, pretrained):
