@@ -689,14 +689,15 @@ def stdlib_functions(path, max_chars=600):
 def reply_loss(model, data_dir, split="val", B=16):
     """Mean loss per reply token (the assistant's tokens only, as training counts them) over a chat split."""
     import prepare
+    from model import IGNORE_INDEX
     tokens, mask = prepare.open_rows(data_dir, split)
     total, count = 0.0, 0
     for i in range(0, len(tokens), B):
         x = torch.from_numpy(tokens[i:i + B].astype("int64"))
-        y = torch.where(torch.from_numpy(mask[i:i + B, 1:].astype(bool)), x[:, 1:], -1)
+        y = torch.where(torch.from_numpy(mask[i:i + B, 1:].astype(bool)), x[:, 1:], IGNORE_INDEX)  # as train.py
         with torch.autocast("cpu", dtype=torch.bfloat16):
             _, loss = model.eval()(x[:, :-1], y)
-        n = int((y != -1).sum())
+        n = int((y != IGNORE_INDEX).sum())
         total, count = total + loss.item() * n, count + n
     return total / count
 

@@ -212,11 +212,13 @@ def _load(path, device, dtype):
         if not os.path.isdir(base):
             raise SystemExit(f"error: {ck} holds LoRA adapters for the base model {base}, which is not there: "
                              f"put the base back at that path (or set lora_base in {ck}/train.json)")
-        model, tokenizer = _load(base, device, dtype)
+        # merged in float32, then cast: the base at full precision, and the adapters as they were trained
+        model, tokenizer = _load(base, device, torch.float32)
         lora.add(model, **info["lora"])
         sd = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
         _dcp(dcp.load, {"model": sd}, ck)  # into the adapters' own storage
         model = lora.merge(model).requires_grad_(True)
+        model = model.to(dtype=dtype) if dtype is not None else model
     else:
         with torch.device("meta"):  # allocate once, directly in the target dtype and device
             model = Transformer(model_config(info))

@@ -4,7 +4,7 @@ low-rank A (r x in) and B (out x r) trained. train.py adds adapters with --lora_
 only the trainable (adapter) weights and load_model() merges them into the base, so sample.py, eval.py and
 `hf.py --export` see an ordinary model.
 
-    add(model, rank=16, alpha=32, dropout=0.05, targets="qkv_proj,out_proj,gate_up_proj,down_proj")
+    add(model, rank=16, alpha=32.0, dropout=0.05, targets="qkv_proj,out_proj,gate_up_proj,down_proj")
     init(model, seed)    # A as nn.Linear initialises a weight, B = 0: the model's output starts unchanged
     merge(model)         # W += (alpha / r) B A, adapters removed: a plain Transformer again
 

@@ -96,9 +96,14 @@ class Tokenizer:
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def _continuation(self):
-        if not hasattr(self, "_sp_cont"):  # the same model with add_dummy_prefix off (ours already has it off)
+        if not hasattr(self, "_sp_cont") and not self._sp.id_to_piece(self._sp.encode("a")[0]).startswith("▁"):
+            self._sp_cont = self._sp  # no dummy prefix to begin with (ours)
+        if not hasattr(self, "_sp_cont"):  # the same model with add_dummy_prefix off
             import sentencepiece as spm
-            from sentencepiece import sentencepiece_model_pb2
+            try:
+                from sentencepiece import sentencepiece_model_pb2
+            except ImportError:
+                raise SystemExit("error: encoding chat turns with this tokenizer needs protobuf: pip install protobuf")
             proto = sentencepiece_model_pb2.ModelProto.FromString(self._sp.serialized_model_proto())
             proto.normalizer_spec.add_dummy_prefix = False
             self._sp_cont = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
@@ -164,8 +169,10 @@ def open_rows(data_dir, split):
         raise SystemExit(f"error: {data_dir} holds a token stream, not chat rows: prepare it with --chat_format=... "
                          f"(or read it with open_split)")
     T = meta["seq_len"]
-    return tuple(x[0].reshape(-1, T) if x else np.zeros((0, T), dt) for x, dt in (
-        (open_split(data_dir, split), meta["dtype"]), (open_split(data_dir, split, "mask_files", np.uint8), np.uint8)))
+    tokens, mask = open_split(data_dir, split), open_split(data_dir, split, "mask_files", np.uint8)
+    if not tokens:
+        return np.zeros((0, T), meta["dtype"]), np.zeros((0, T), np.uint8)
+    return tokens[0].reshape(-1, T), mask[0].reshape(-1, T)
 
 
 # -----------------------------------------------------------------------------
@@ -587,15 +594,15 @@ def _encode_batch(texts):
 def _rows(convs, seq_len, packing="padded", pad_id=0, dtype="uint16"):
     """[(ids, mask)] conversations of at most seq_len tokens -> (tokens, mask) arrays (rows, seq_len), padded with
     pad_id (mask 0). "padded": a conversation per row; "packed": whole conversations in order while they fit."""
-    rows = []
-    for ids, mask in convs:
-        if not rows or packing == "padded" or len(rows[-1][0]) + len(ids) > seq_len:
-            rows.append(([], []))
-        rows[-1][0].extend(ids)
-        rows[-1][1].extend(mask)
-    tokens, trained = np.full((len(rows), seq_len), pad_id, dtype), np.zeros((len(rows), seq_len), np.uint8)
-    for r, (ids, mask) in enumerate(rows):
-        tokens[r, :len(ids)], trained[r, :len(mask)] = ids, mask
+    row, col, place = -1, seq_len, []  # place: (row, column) of each conversation
+    for ids, _ in convs:
+        if packing == "padded" or col + len(ids) > seq_len:
+            row, col = row + 1, 0
+        place.append((row, col))
+        col += len(ids)
+    tokens, trained = np.full((row + 1, seq_len), pad_id, dtype), np.zeros((row + 1, seq_len), np.uint8)
+    for (r, c), (ids, mask) in zip(place, convs):
+        tokens[r, c:c + len(ids)], trained[r, c:c + len(ids)] = ids, mask
     return tokens, trained
 
 
@@ -761,8 +768,9 @@ def prepare_data(out_dir, **overrides):
 
 
 def _prepare_chat(out_dir, s, tok):
-    """Conversations -> <split>.bin rows of seq_len tokens + <split>.mask.bin. Chat sets are small: everything is
-    held in memory and written in one go, each file under a temporary name; a re-run redoes it all identically."""
+    """Conversations -> <split>.bin rows of seq_len tokens + <split>.mask.bin. Chat sets fit in memory (Tulu v2's
+    ~0.4B tokens as ~3 bytes a token): everything is held, then written in one go, each file under a temporary name;
+    a re-run redoes it all identically."""
     src, fractions, T, skipped = s["source"], (s["val_fraction"], s["test_fraction"]), s["seq_len"], []
 
     def convs(skipped=None):
@@ -792,7 +800,7 @@ def _prepare_chat(out_dir, s, tok):
                     continue
                 ids, mask = ids[:T], mask[:T]
                 count[split]["truncated"] += 1
-            kept[split].append((ids, mask))
+            kept[split].append((np.array(ids, dt), np.array(mask, np.uint8)))  # ~3 bytes a token, not ~40
     if not any(kept.values()):
         raise SystemExit(f"error: no conversations left in {src} ({sum(c['dropped'] for c in count.values())} dropped "
                          f"as longer than seq_len={T}): raise --seq_len or use --overlong=truncate")

@@ -221,6 +221,9 @@ def main(argv):
     if rows:  # chat data: the rows' length is the sequence length
         block_size = meta["seq_len"]
         train_data = prepare.open_rows(data_dir, "train")
+        if not len(train_data[0]):
+            raise SystemExit(f"error: the train split of {data_dir} holds no conversations: prepare more data, "
+                             f"or lower --val_fraction and --test_fraction")
         val_data = prepare.open_rows(data_dir, "val") if meta["splits"].get("val", {}).get("rows") else []
         batch = lambda data, step, micro, stream=0: get_rows(data, step, micro, rank, world, stream)
     else:
@@ -242,10 +245,13 @@ def main(argv):
     # A LoRA run's checkpoints hold only adapters, so its resume starts again from the base it names.
     base = resume_info.get("lora_base") or (init_from if init_from not in ("scratch", "resume") else None)
     base_ours = checkpoint.resolve(base) if base is not None else None
+    if base_ours and checkpoint.read_info(base_ours).get("lora"):  # adapters only: load_model merges them into theirs
+        base_ours = None
     if lora_rank and base is None:
         raise SystemExit("error: LoRA trains adapters on a pretrained model: set --init_from to a checkpoint "
                          "or a Hugging Face directory (or --lora_rank=0 to train from scratch)")
-    on_meta = fsdp and (resume_from is not None or base_ours is not None)
+    # (a base loaded through load_model below holds real weights that to_empty() would wipe)
+    on_meta = fsdp and (base_ours is not None or (resume_from is not None and base is None))
     if base is None or base_ours:
         config = ModelConfig(**{k: globals()[k] for k in fields})
         known = resume_info or (checkpoint.read_info(base_ours) if base_ours else None)
@@ -304,6 +310,7 @@ def main(argv):
             print(f"resumed from {resume_from} at step {step}")
     elif lora_rank:
         lora.init(model, seed)
+        torch.manual_seed(seed + rank)  # adapter dropout: a mask stream per rank (rank 0's is one process's)
     raw = model  # the plain module: checkpoints and evaluation use it
     if distributed and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -349,7 +356,7 @@ def main(argv):
     def save():
         extra = {"val_loss": val_loss}
         if lora_rank:  # the adapters are only half a model: name the other half
-            extra.update(lora=lora_config, lora_base=os.path.abspath(base_ours or base))
+            extra.update(lora=lora_config, lora_base=os.path.abspath(checkpoint.resolve(base) or base))
         return checkpoint.save(out_dir, step, raw, optimizer, settings, data_dir=data_dir, keep_last=keep_last, extra=extra)
 
     # ------------------------------------------------------------------ the loop

@@ -147,6 +147,9 @@ class Source:
         if not os.path.isdir(self.path):
             _die(f"--{what}={path} not found: give a Hugging Face model directory or one of our run/checkpoint folders")
         ck, self.entries = checkpoint.resolve(self.path), {}  # name -> (file or None, dtype, shape), in file order
+        if ck and checkpoint.read_info(ck).get("lora"):
+            _die(f"--{what}={path} holds LoRA adapters, not a model: export it merged (python hf.py --export "
+                 f"--init_from={path} --out=...) and diff that against the base's Hugging Face directory")
         if ck:
             self.kind, self.format, self.path = "ours", "dcp", ck
             for k, m in dcp.FileSystemReader(ck).read_metadata().state_dict_metadata.items():

@@ -158,8 +158,6 @@ def test_a_conversation_prefix_tokenizes_as_samples_chat_prompt(tok):
         assert ids[:len(prompt)] == prompt and mask[:len(prompt)] == prompt_mask  # the header is never trained
         reply = tok.encode(m["content"]) + [tok.eos_id]
         assert ids[len(prompt):len(prompt) + len(reply)] == reply and all(mask[len(prompt):len(prompt) + len(reply)])
-    source = open(os.path.join(ROOT, "sample.py")).read()  # sample.py's chat mode builds its prompt exactly so
-    assert source.count("prepare.encode_chat(tok, messages, add_generation_prompt=True)[0]") == 2
 
 
 def test_oasst1_top_ranked_path_from_trees_and_from_the_flat_table(tok, tmp_path):
@@ -368,3 +366,9 @@ def test_a_finetuned_model_answers_in_turn_through_sample_chat(tok, chats, tmp_p
     assert p.returncode == 0, p.stderr[-2000:]
     reply = p.stdout.split("assistant> ", 1)[1].strip()
     assert reply == CHATS[7]["messages"][1]["content"], p.stdout  # "It is 15. Yes."
+    meta = json.load(open(tmp_path / "chat_data" / "meta.json"))  # a train split with no conversations left
+    meta["splits"]["train"].update(files=[], mask_files=[], rows=0)
+    json.dump(meta, open(tmp_path / "chat_data" / "meta.json", "w"))
+    with pytest.raises(SystemExit, match="train split of .* holds no conversations"):
+        test_train.run(data_dir=str(tmp_path / "chat_data"), out_dir=str(tmp_path / "empty"), init_from=str(tmp_path / "pre"),
+                       epochs=1.0, log_file=str(tmp_path / "empty.jsonl"), **common)

@@ -65,12 +65,15 @@ def test_merge_equals_base_plus_adapters():
     model.eval()
     idx = torch.randint(0, 64, (2, 20))
     with_adapters = model(idx).detach()
+    adapters = lora.adapters(model)  # the modules keep A, B and (after merge) the merged weight
     merged = lora.merge(model)
     assert not lora.adapters(merged) and set(merged.state_dict()) == set(tiny().state_dict())
     torch.testing.assert_close(merged(idx), with_adapters, rtol=1e-5, atol=1e-5)
-    ref = tiny(n_embd=48)  # the merged weight is W + (alpha / r) B A exactly where there were adapters
+    ref = tiny(n_embd=48)  # the merged weight is W + (alpha / r) B A where there were adapters, W elsewhere
     assert torch.equal(merged.layers[0].attn.out_proj.weight, ref.layers[0].attn.out_proj.weight)
-    assert not torch.equal(merged.layers[0].attn.qkv_proj.weight, ref.layers[0].attn.qkv_proj.weight)
+    for i, (_, m) in enumerate(adapters):
+        W = (ref.layers[i // 2].attn.qkv_proj if i % 2 == 0 else ref.layers[i // 2].ffn.down_proj).weight
+        assert torch.equal(m.weight, W + (m.lora_B @ m.lora_A) * (16 / 4))
 
 
 def test_init_is_a_function_of_seed_and_name():
@@ -144,6 +147,46 @@ def test_lora_from_a_hugging_face_directory(tmp_path, data):
     assert set(merged.state_dict()) == set(hf.load_model(str(tmp_path / "hf")).state_dict())
 
 
+def test_lora_checkpoint_merges_in_float32_and_can_be_finetuned_further(tmp_path, data, pretrained):
+    s = base(tmp_path, data, "lora", init_from=pretrained, lora_rank=4, lora_alpha=8.0, max_iters=2, learning_rate=1e-2)
+    run(**s)
+    full, _ = checkpoint.load_model(s["out_dir"])
+    half, _ = checkpoint.load_model(s["out_dir"], dtype=torch.bfloat16)
+    for (name, a), b in zip(full.state_dict().items(), half.state_dict().values()):
+        assert torch.equal(a.to(torch.bfloat16), b), name  # merge in fp32, then one rounding
+    # a LoRA run as init_from: its merged weights are the starting point, for full training or new adapters
+    for name, kw in (("full", {}), ("again", dict(lora_rank=2))):
+        log = run(**base(tmp_path, data, name, init_from=s["out_dir"], max_iters=1, learning_rate=1e-9, **kw))
+        x, y = _first_batch(data)
+        with torch.no_grad():
+            _, loss = full.train()(x, y)
+        assert abs(log[0]["loss"] - loss.item()) < 1e-4, name
+
+
+def _first_batch(data):
+    """train.py's first batch under base()'s settings (seed 1337, 4 rows of 32)."""
+    import importlib
+    import prepare
+    import train
+    importlib.reload(train)
+    train.seed, train.block_size, train.batch_size, train.global_batch_size = 1337, 32, 4, 4
+    return train.get_batch(prepare.open_split(data, "train"), 0, 0, 0, 1)
+
+
+def test_lora_fsdp_resume_on_a_hugging_face_base(tmp_path, data):
+    # the base comes through hf.py with real weights: the sharded resume must not build it on the meta device
+    hf = pytest.importorskip("hf")
+    hf.save_model(tiny(seed=3), str(tmp_path / "hf"))
+    kw = dict(init_from=str(tmp_path / "hf"), lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, global_batch_size=8,
+              learning_rate=1e-2, **TINY_ELM)
+    one = run(**base(tmp_path, data, "one", batch_size=8, max_iters=4, **kw))
+    s = base(tmp_path, data, "fsdp", batch_size=4, parallel="fsdp", max_iters=2, **kw)
+    torchrun(**s)
+    torchrun(init_from="resume", out_dir=s["out_dir"], max_iters=4)
+    two = [json.loads(line) for line in open(s["log_file"])]
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_lora_torchrun_two_processes_match_one(tmp_path, data, pretrained, parallel):
     kw = dict(init_from=pretrained, lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, max_iters=3, global_batch_size=8,
@@ -158,3 +201,11 @@ def test_lora_torchrun_two_processes_match_one(tmp_path, data, pretrained, paral
     ref, _ = checkpoint.load_model(str(tmp_path / "one"))
     for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_weight_diff_refuses_adapters(tmp_path, data, pretrained):
+    import weight_diff
+    s = base(tmp_path, data, "lora", init_from=pretrained, lora_rank=2, max_iters=1)
+    run(**s)
+    with pytest.raises(SystemExit, match="holds LoRA adapters, not a model: export it merged"):
+        weight_diff.make(pretrained, s["out_dir"], str(tmp_path / "diff"))

@@ -307,7 +307,6 @@ def test_chat_rows_visit_every_row_once_per_epoch_and_mask_targets():
     epoch0, epoch1 = rows_of(0) + rows_of(1), rows_of(2) + rows_of(3)
     assert sorted(epoch0) == sorted(epoch1) == list(range(n)) and epoch0 != epoch1
     train.batch_size = 1  # 5 ranks x 1 row: the same global batch
-    x, y = train.get_rows((tokens, mask), 1, 0, 0, 1)
     split = torch.cat([train.get_rows((tokens, mask), 1, 0, r, 5)[0] for r in range(5)])
     train.batch_size = 5
     assert torch.equal(split, train.get_rows((tokens, mask), 1, 0, 0, 1)[0])
