@@ -226,27 +226,37 @@ class Transformer(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
-        self.layers = nn.ModuleList(Block(config, *dims) for dims in config.layer_dims())
-        self.norm = RMSNorm(config.n_embd, config.norm_eps, config.backend)
-        if not config.tie_embeddings:
-            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.init_weights()  # on the meta device this allocates nothing; call it again after to_empty()
+        device = torch.empty(0).device  # where the weights go: the default device, or that of a `with torch.device`
+        with torch.device("meta"):  # no storage yet, so nn.Linear's own init is not computed only to be replaced
+            self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
+            self.layers = nn.ModuleList(Block(config, *dims) for dims in config.layer_dims())
+            self.norm = RMSNorm(config.n_embd, config.norm_eps, config.backend)
+            if not config.tie_embeddings:
+                self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if device.type != "meta":  # on the meta device: to_empty() and init_weights() when the storage exists
+            self.to_empty(device=device)
+            self.init_weights()
 
     def init_weights(self):
-        c = self.config
+        """Every parameter drawn from the global RNG in named_parameters() order, so one seed gives one model
+        however it is built (train.py's FSDP replays this order one full-size parameter at a time)."""
         for name, p in self.named_parameters():
-            if p.dim() == 1:  # every RMSNorm weight, QK-norm included (there are no biases)
-                nn.init.ones_(p)
-            elif c.init == "normal":  # LLaMA / EasyLM at the time of OpenLLaMA
-                nn.init.normal_(p, mean=0.0, std=c.init_std)
-            elif name.endswith(("out_proj.weight", "down_proj.weight")):
-                # CoreNet scales the residual outputs by model width and depth, not their fan-in (spec trap 9)
-                nn.init.normal_(p, mean=0.0, std=c.n_embd ** -0.5 * (2 * c.n_layer) ** -0.5)
-            elif name == "tok_embeddings.weight":
-                nn.init.normal_(p, mean=0.0, std=c.n_embd ** -0.5)
-            else:  # every other Linear: N(0, fan_in^-0.5)
-                nn.init.normal_(p, mean=0.0, std=p.shape[1] ** -0.5)
+            self.init_parameter(name, p)
+
+    @torch.no_grad()
+    def init_parameter(self, name, p):
+        c = self.config
+        if p.dim() == 1:  # every RMSNorm weight, QK-norm included (there are no biases)
+            nn.init.ones_(p)
+        elif c.init == "normal":  # LLaMA / EasyLM at the time of OpenLLaMA
+            nn.init.normal_(p, mean=0.0, std=c.init_std)
+        elif name.endswith(("out_proj.weight", "down_proj.weight")):
+            # CoreNet scales the residual outputs by model width and depth, not their fan-in (spec trap 9)
+            nn.init.normal_(p, mean=0.0, std=c.n_embd ** -0.5 * (2 * c.n_layer) ** -0.5)
+        elif name == "tok_embeddings.weight":
+            nn.init.normal_(p, mean=0.0, std=c.n_embd ** -0.5)
+        else:  # every other Linear: N(0, fan_in^-0.5)
+            nn.init.normal_(p, mean=0.0, std=p.shape[1] ** -0.5)
 
     # ------------------------------------------------------------------ generation support
 

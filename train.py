@@ -198,7 +198,7 @@ def main(argv):
         configurator.print_settings(settings)
 
     # ------------------------------------------------------------------ seeds and precision
-    torch.manual_seed(seed)  # the same initial weights on every rank
+    torch.manual_seed(seed)
     device_type = dev.split(":")[0]
     if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         dtype = "float16"  # V100 and older: fp16 with loss scaling instead
@@ -250,14 +250,15 @@ def main(argv):
     if lora_rank and base is None:
         raise SystemExit("error: LoRA trains adapters on a pretrained model: set --init_from to a checkpoint "
                          "or a Hugging Face directory (or --lora_rank=0 to train from scratch)")
-    # (a base loaded through load_model below holds real weights that to_empty() would wipe)
-    on_meta = fsdp and (base_ours is not None or (resume_from is not None and base is None))
+    # FSDP never materialises the full model on a rank: it builds on the meta device, shards, then fills the shards
+    # (from scratch, a checkpoint, or a resume). A Hugging Face base is loaded in full first, then sharded.
+    on_meta = fsdp and (base is None or base_ours is not None)
     if base is None or base_ours:
         config = ModelConfig(**{k: globals()[k] for k in fields})
         known = resume_info or (checkpoint.read_info(base_ours) if base_ours else None)
         if known:  # the architecture is the checkpoint's; only the kernel backend is ours to pick
             config = dataclasses.replace(checkpoint.model_config(known), backend=config.backend)
-        # FSDP loading weights from a checkpoint never materialises the full model: build on the meta device
+        torch.manual_seed(seed)  # the initial weights are a function of the seed alone
         with torch.device("meta") if on_meta else nullcontext():
             model = Transformer(config)
     else:  # a Hugging Face or Meta directory, through hf.py (in full on the CPU, then sharded if FSDP)
@@ -293,6 +294,14 @@ def main(argv):
         fully_shard(model, **kw)
         if on_meta:
             model.to_empty(device=dev)  # every rank allocates only its own shards
+        if on_meta and base is None and resume_from is None:  # from scratch: one process's numbers, shard by shard
+            from torch.distributed.tensor import distribute_tensor
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                for name, p in model.named_parameters():  # the order and draws of Transformer.init_weights()
+                    full = torch.empty(p.shape, dtype=p.dtype)  # one full-size parameter at a time, on the CPU
+                    model.init_parameter(name, full)
+                    p.copy_(distribute_tensor(full.to(dev), p.device_mesh, p.placements))
     model.to(dev)
 
     # ------------------------------------------------------------------ optimizer (after sharding, so it holds the shards)
