@@ -246,12 +246,17 @@ def test_torchrun_two_processes_match_one(tmp_path, data, parallel):
         torchrun(init_from="resume", out_dir=s["out_dir"], max_iters=4)
     else:
         torchrun(**s)
+    assert_same_run(s, one, str(tmp_path / "one"))
+
+
+def assert_same_run(s, one, one_dir):
+    """The run of settings s (under torchrun) logged one's losses and gradient norms, and its checkpoint (written
+    shard by shard under FSDP) loads in one process with one_dir's weights."""
     two = [json.loads(line) for line in open(s["log_file"])]
     np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
     np.testing.assert_allclose(losses(two, "grad_norm"), losses(one, "grad_norm"), rtol=1e-4)
-    # the run's checkpoint (written shard by shard under FSDP) loads in one process and matches
     ours, _ = checkpoint.load_model(s["out_dir"])
-    ref, _ = checkpoint.load_model(str(tmp_path / "one"))
+    ref, _ = checkpoint.load_model(one_dir)
     for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
