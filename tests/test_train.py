@@ -318,3 +318,26 @@ def test_chat_rows_visit_every_row_once_per_epoch_and_mask_targets():
     x, y = train.get_rows((tokens, mask), 0, 0, 0, 1)
     assert torch.equal(y[:, 2:4], x[:, 3:5])  # position t predicts token t+1 where token t+1 is trained
     assert (y[:, :2] == -1).all() and (y[:, 4:] == -1).all()
+
+
+def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path):
+    import train
+    importlib.reload(train)
+    # Open-Instruct's: linear from learning_rate to min_lr after the warmup
+    train.lr_schedule, train.learning_rate, train.min_lr, train.warmup_iters, train.warmup_init_lr, train.lr_decay_iters = \
+        "linear", 1e-2, 0.0, 5, 0.0, 105
+    assert math.isclose(train.lr_at(5), 1e-2) and math.isclose(train.lr_at(55), 5e-3) and train.lr_at(105) == 0.0
+    assert math.isclose(train.lr_at(30), 1e-2 * 75 / 100)
+    # epochs and warmup_ratio become step counts from the number of chat rows: 10 rows, 4 per step, 3 epochs
+    d = tmp_path / "rows"
+    d.mkdir()
+    (np.arange(10 * 8) % VOCAB).astype(np.uint16).tofile(d / "train.bin")
+    np.ones(10 * 8, dtype=np.uint8).tofile(d / "train.mask.bin")
+    split = {"files": ["train.bin"], "mask_files": ["train.mask.bin"], "documents": 10, "rows": 10, "tokens": 80}
+    json.dump({"tokenizer": "sentencepiece", "tokenizer_file": None, "vocab_size": VOCAB, "dtype": "uint16", "bos_id": 1,
+               "eos_id": 2, "pad_id": None, "source": "handmade", "splits": {"train": split}, "layout": "rows",
+               "seq_len": 8, "packing": "padded", "chat_format": "messages"}, open(d / "meta.json", "w"))
+    log = run(**base(tmp_path, str(d), "ep", epochs=3.0, warmup_ratio=0.2, lr_schedule="linear", min_lr=0.0))
+    assert [r["step"] for r in log] == list(range(1, 9))  # ceil(3 * 10 / 4) = 8 steps
+    lrs = [r["lr"] for r in log]  # warmup ceil(0.2 * 8) = 2 steps from warmup_init_lr, then linear to 0 at step 8
+    assert math.isclose(lrs[2], 3e-3) and math.isclose(lrs[5], 3e-3 * 3 / 6) and lrs[1] < lrs[2]
