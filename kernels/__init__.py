@@ -2,10 +2,12 @@
 The kernel switch: the model reaches attention, RMSNorm and RoPE only through these three functions.
 
 backend is one of:
-  "auto"   Triton on CUDA for shapes its kernels support, else SDPA (attention) or eager (norm, RoPE)
+  "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs
   "triton" our Triton kernels (kernels/flash_attention.py, rmsnorm.py, rope.py); on a CPU only under
            TRITON_INTERPRET=1, which is how the tests run them
-  "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm and RoPE use the eager code
+  "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm and RoPE as autograd Functions of
+           PyTorch ops with hand-written backward passes (RMSNormTorch, RoPETorch): the eager values, with
+           a fraction of the allocations, which is what a CPU step spends its time on
   "eager"  plain PyTorch, written for clarity: the reference the other backends are tested against
 
 The Triton modules are imported on first use, so a machine without triton (macOS, CPU-only) never
@@ -115,13 +117,42 @@ def rms_norm_eager(x, weight, eps):
     return F.rms_norm(x.to(_acc(x.dtype)), (x.shape[-1],), eps=eps).to(x.dtype) * weight
 
 
+class RMSNormTorch(torch.autograd.Function):
+    """rms_norm_eager's values with a hand-written backward, for devices without our Triton kernels.
+    Autograd through the eager code allocates and traverses a full-size tensor for each of its pow, mul,
+    mean and rsqrt steps and their derivatives; here the backward is PyTorch's fused LayerNorm backward
+    with a zero mean, plus the one term that the mean subtraction adds: LayerNorm's
+    dx = rstd * (dn - mean(dn) - n * mean(dn * n)), with n = x * rstd and dn = dy * weight, is RMSNorm's
+    dx minus rstd * mean(dn)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        xf = x.to(_acc(x.dtype))
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)  # bit-identical to F.rms_norm's
+        ctx.save_for_backward(x, weight, rstd)
+        return (xf * rstd).to(x.dtype) * weight
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        acc, C = rstd.dtype, x.shape[-1]
+        with torch.autocast(dy.device.type, enabled=False):  # in case backward() runs under autocast
+            dy, w = dy.to(acc), weight.to(acc)
+            dx, dw, _ = torch.ops.aten.native_layer_norm_backward(
+                dy, x.to(acc), [C], torch.zeros_like(rstd), rstd, w, None, [True, ctx.needs_input_grad[1], False])
+            dx += rstd * torch.mv(dy.reshape(-1, C), w).view(rstd.shape) / C  # + rstd * mean(dn)
+        return dx.to(x.dtype), None if dw is None else dw.to(weight.dtype), None
+
+
 def rms_norm(x, weight, eps, backend="auto"):
     """RMSNorm over the last dimension of x (any leading shape), weight of shape (x.shape[-1],)."""
     _check(backend)
     if backend == "triton" or (backend == "auto" and x.is_cuda and x.dtype in _TRITON_DTYPES and _triton_usable(x)):
         from kernels import rmsnorm
         return rmsnorm.rms_norm(x, weight, eps)
-    return rms_norm_eager(x, weight, eps)
+    if backend == "eager":
+        return rms_norm_eager(x, weight, eps)
+    return RMSNormTorch.apply(x, weight, eps)
 
 
 # ----------------------------------------------------------------------------- RoPE
@@ -136,10 +167,37 @@ def rope_eager(x, cos, sin):
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
 
 
+def _rotate(x, cos, sin):
+    """rope_eager's values, bit for bit, with one full-size output and no cat."""
+    d = x.shape[-1] // 2
+    xf = x.to(_acc(x.dtype))
+    s = sin.unsqueeze(2)
+    out = xf * torch.cat([cos, cos], dim=-1).unsqueeze(2)  # x * cos over both halves
+    out[..., :d] -= xf[..., d:] * s
+    out[..., d:] += xf[..., :d] * s
+    return out.to(x.dtype)
+
+
+class RoPETorch(torch.autograd.Function):
+    """RoPE with a hand-written backward: a rotation's gradient is the rotation by the opposite angle."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, dy):
+        cos, sin = ctx.saved_tensors
+        return _rotate(dy, cos, -sin), None, None
+
+
 def apply_rope(q, k, cos, sin, backend="auto"):
     """Applies RoPE to q (B, T, Hq, D) and k (B, T, Hkv, D); returns (q, k)."""
     _check(backend)
     if backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype in _TRITON_DTYPES and _triton_usable(q)):
         from kernels import rope
         return rope.apply_rope(q, k, cos, sin)
-    return rope_eager(q, cos, sin), rope_eager(k, cos, sin)
+    if backend == "eager":
+        return rope_eager(q, cos, sin), rope_eager(k, cos, sin)
+    return RoPETorch.apply(q, cos, sin), RoPETorch.apply(k, cos, sin)

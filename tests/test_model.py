@@ -196,6 +196,55 @@ def test_sdpa_and_eager_backends_agree(make):
     torch.testing.assert_close(a(idx, input_pos=pos), b(idx, input_pos=pos), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape,dtype,wdtype,eps", [
+    ((7, 33), torch.float32, torch.float32, 1e-6),          # odd rows and width: the residual-stream norm
+    ((2, 17, 5, 100), torch.bfloat16, torch.float32, 1e-6),  # QK-norm under autocast: bf16 heads, fp32 weight
+    ((3, 9, 64), torch.float16, torch.float16, 1e-3),        # an eps that matters
+])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_rms_norm_torch_path_equals_eager(shape, dtype, wdtype, eps, frozen):
+    """The CPU path (kernels.RMSNormTorch: LayerNorm's fused backward plus the centering term): the eager
+    reference's values bit for bit in the same dtype, and its gradients against the eager code in float64."""
+    import kernels
+    torch.manual_seed(0)
+    qkv = (3 * torch.randn(*shape[:-1], 3 * shape[-1])).to(dtype)  # x is a strided slice, as q is of qkv
+    x = qkv[..., : shape[-1]].requires_grad_()
+    w = (1 + 0.5 * torch.randn(shape[-1])).to(wdtype).requires_grad_(not frozen)
+    y = kernels.rms_norm(x, w, eps, backend="sdpa")
+    assert torch.equal(y, kernels.rms_norm_eager(x, w, eps))
+    dy = torch.randn(y.shape).to(y.dtype)
+    y.backward(dy)
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_(not frozen)
+    kernels.rms_norm_eager(xd, wd, eps).backward(dy.double())
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
+    torch.testing.assert_close(x.grad.double(), xd.grad, atol=tol * xd.grad.abs().max().item(), rtol=0)
+    if frozen:
+        assert w.grad is None
+    else:
+        torch.testing.assert_close(w.grad.double(), wd.grad, atol=4 * tol * wd.grad.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_torch_path_equals_eager(dtype):
+    """kernels.RoPETorch: rope_eager's values bit for bit, and the gradient (the opposite rotation) against
+    the eager code's autograd in float64; per-batch angles, as a left-padded batch has."""
+    import kernels
+    torch.manual_seed(0)
+    B, T, H, D = 2, 11, 3, 20
+    x = torch.randn(B, T, H, D).to(dtype).requires_grad_()
+    angle = 10 * torch.randn(B, T, D // 2)
+    cos, sin = angle.cos(), angle.sin()
+    q, k = kernels.apply_rope(x, x[:, :, :1], cos, sin, backend="sdpa")
+    assert torch.equal(q, kernels.rope_eager(x, cos, sin)) and torch.equal(k, kernels.rope_eager(x[:, :, :1], cos, sin))
+    dq, dk = torch.randn(q.shape).to(dtype), torch.randn(k.shape).to(dtype)
+    torch.autograd.backward([q, k], [dq, dk])
+    xd = x.detach().double().requires_grad_()
+    torch.autograd.backward([kernels.rope_eager(xd, cos, sin), kernels.rope_eager(xd[:, :, :1], cos, sin)],
+                            [dq.double(), dk.double()])
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(x.grad.double(), xd.grad, atol=tol * xd.grad.abs().max().item(), rtol=0)
+
+
 def test_tied_embeddings_share_one_tensor():
     model = build(tiny_elm())
     assert "lm_head.weight" not in model.state_dict() and not hasattr(model, "lm_head")
@@ -258,8 +307,11 @@ def test_loss_z_loss_and_ignore_index():
 
 
 @pytest.mark.parametrize("z_loss", [0.0, 0.3])
-def test_cross_entropy_gradient_equals_autograd_of_the_formula(z_loss):
+@pytest.mark.parametrize("rows", [None, 4])
+def test_cross_entropy_gradient_equals_autograd_of_the_formula(z_loss, rows, monkeypatch):
     from model import CrossEntropy
+    if rows:  # blocks of 4 rows, the last one partial, as a real vocabulary's logits are cut
+        monkeypatch.setattr(CrossEntropy, "blocks", staticmethod(lambda x: [slice(i, i + rows) for i in range(0, len(x), rows)]))
     torch.manual_seed(0)
     logits = (torch.randn(13, 11, dtype=torch.float64) * 3).requires_grad_()
     targets = torch.randint(0, 11, (13,))
@@ -268,8 +320,10 @@ def test_cross_entropy_gradient_equals_autograd_of_the_formula(z_loss):
     lse = torch.logsumexp(logits[keep], -1)
     want = torch.nn.functional.cross_entropy(logits[keep], targets[keep]) + z_loss * lse.pow(2).mean()
     (want_grad,) = torch.autograd.grad(want, logits)
+    before = logits.detach().clone()
     got = CrossEntropy.apply(logits, targets, z_loss)
     (got_grad,) = torch.autograd.grad(got * 1.0, logits)
+    assert torch.equal(logits, before)  # the in-place log_softmax and exp work on a copy, never the caller's logits
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got_grad, want_grad)
     assert torch.all(got_grad[[2, 7]] == 0)  # ignored positions get no gradient
