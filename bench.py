@@ -476,7 +476,7 @@ def _step_timer(model, loss_fn, B, T, vocab, autocast):
     return step
 
 
-def _interleaved_seconds(steps, rounds=3, n=3):
+def _interleaved_seconds(steps, rounds=5, n=3):
     """Fastest seconds per step of each closure, run in turns so a busy shared CPU slows all of them alike."""
     best = {name: float("inf") for name in steps}
     for name, s in steps.items():
