@@ -5,7 +5,7 @@ Benchmarks against the reference paths. One sub-command per section:
     python bench.py kernels --quick   the same on fewer shapes
     python bench.py decode            batch-1 generation: ours vs transformers generate(), prompt lookup, GPU roofline
     python bench.py train             training tokens/s vs nanoGPT and HF Llama (CPU), elm_tiny vs GPT bits/byte, GPU MFU
-    python bench.py train throughput  one part only: throughput | bpb | mfu
+    python bench.py train throughput  one part only: throughput | compiled | bpb | mfu
     python bench.py finetune          instruction tuning of elm_tiny on stdlib functions: full vs LoRA (CPU)
 
 Each section is a plain function taking the remaining arguments; add a new one to SECTIONS.
@@ -446,15 +446,18 @@ GPT_TINY = dict(n_layer=7, n_embd=320, n_head=5)  # 11.3M parameters at vocab 81
 
 
 def _hf_llama(c):
-    """transformers' LlamaForCausalLM with exactly llama_tiny's shape, as a (model, loss_fn) pair."""
-    import torch.nn.functional as F
+    """transformers' LlamaForCausalLM with exactly llama_tiny's shape."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    hf = LlamaForCausalLM(LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.ffn_dim,
-                                      num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
-                                      num_key_value_heads=c.n_kv_head or c.n_head, max_position_embeddings=c.block_size,
-                                      rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_embeddings,
-                                      attn_implementation="sdpa"))
-    return hf, lambda x, y: F.cross_entropy(hf(input_ids=x).logits.float().flatten(0, 1), y.flatten())
+    return LlamaForCausalLM(LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.ffn_dim,
+                                        num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
+                                        num_key_value_heads=c.n_kv_head or c.n_head, max_position_embeddings=c.block_size,
+                                        rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_embeddings,
+                                        attn_implementation="sdpa"))
+
+
+def _hf_loss(hf, x, y):
+    import torch.nn.functional as F
+    return F.cross_entropy(hf(input_ids=x).logits.float().flatten(0, 1), y.flatten())
 
 
 def _step_timer(model, loss_fn, B, T, vocab, autocast):
@@ -487,21 +490,27 @@ def _interleaved_seconds(steps, rounds=5, n=3):
     return best
 
 
-def bench_train_throughput(B=8, T=256):
+def bench_train_throughput(B=8, T=256, compile=False):
     """Training tokens/s and FLOP/s on this machine's CPU: elm_tiny and llama_tiny (ours) against nanoGPT's GPT
-    and transformers' LlamaForCausalLM of matching size, all bf16 autocast, batch B x T, AdamW."""
+    and transformers' LlamaForCausalLM of matching size, all bf16 autocast, batch B x T, AdamW; with compile,
+    every model goes through torch.compile (inductor) first."""
     from model import Transformer
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     torch.manual_seed(0)
     elm, llama = Transformer(_config("elm_tiny", block_size=T)), Transformer(_config("llama_tiny", block_size=T))
-    gpt = GPT(elm.config.vocab_size, T, **GPT_TINY)
-    hf, hf_loss = _hf_llama(llama.config)
-    rows = {"ours: elm_tiny (OpenELM)": (elm, lambda x, y: elm(x, y)[1], elm.flops_per_token(T)),
-            "nanoGPT GPT (7L, 320d)": (gpt, lambda x, y: gpt(x, y)[1], gpt.flops_per_token(T)),
-            "ours: llama_tiny": (llama, lambda x, y: llama(x, y)[1], llama.flops_per_token(T)),
-            "HF LlamaForCausalLM (= llama_tiny)": (hf, hf_loss, llama.flops_per_token(T))}
-    secs = _interleaved_seconds({k: _step_timer(m, f, B, T, elm.config.vocab_size, autocast) for k, (m, f, _) in rows.items()})
-    print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), bf16 autocast, batch {B}x{T}, AdamW")
+    gpt, hf = GPT(elm.config.vocab_size, T, **GPT_TINY), _hf_llama(llama.config)
+    ours = lambda m, x, y: m(x, y)[1]  # noqa: E731
+    rows = {"ours: elm_tiny (OpenELM)": (elm, ours, elm.flops_per_token(T)),
+            "nanoGPT GPT (7L, 320d)": (gpt, ours, gpt.flops_per_token(T)),
+            "ours: llama_tiny": (llama, ours, llama.flops_per_token(T)),
+            "HF LlamaForCausalLM (= llama_tiny)": (hf, _hf_loss, llama.flops_per_token(T))}
+    steps = {}
+    for k, (m, loss, _) in rows.items():
+        fwd = torch.compile(m) if compile else m  # compiles at the first (warm-up) step
+        steps[k] = _step_timer(m, lambda x, y, fwd=fwd, loss=loss: loss(fwd, x, y), B, T, elm.config.vocab_size, autocast)
+    secs = _interleaved_seconds(steps)
+    print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), bf16 autocast, batch {B}x{T}, AdamW"
+          f"{', torch.compile' if compile else ', eager'}")
     print(f"| model | params | tokens/s | GFLOP/s | ms/step |\n|---|---|---|---|---|")
     for k, (m, _, fpt) in rows.items():
         tok_s = B * T / secs[k]
@@ -644,13 +653,16 @@ def bench_train_mfu(batch_size=16, iters=30):
 
 
 def bench_train(args):
-    """python bench.py train [throughput|bpb|mfu]: all three when no part is named (mfu only with a GPU)."""
+    """python bench.py train [throughput|compiled|bpb|mfu]: throughput, bpb and mfu when no part is named (mfu only
+    with a GPU); compiled is throughput with every model under torch.compile (a few minutes of compiling)."""
     parts = args or ["throughput", "bpb", "mfu"]
     for part in parts:
-        if part not in ("throughput", "bpb", "mfu"):
-            raise SystemExit(f"error: unknown part {part!r} of bench.py train: use throughput, bpb or mfu")
+        if part not in ("throughput", "compiled", "bpb", "mfu"):
+            raise SystemExit(f"error: unknown part {part!r} of bench.py train: use throughput, compiled, bpb or mfu")
     if "throughput" in parts:
         bench_train_throughput()
+    if "compiled" in parts:
+        bench_train_throughput(compile=True)
     if "bpb" in parts:
         bench_train_bpb()
     if "mfu" in parts:

@@ -150,7 +150,7 @@ def rms_norm(x, weight, eps, backend="auto"):
     if backend == "triton" or (backend == "auto" and x.is_cuda and x.dtype in _TRITON_DTYPES and _triton_usable(x)):
         from kernels import rmsnorm
         return rmsnorm.rms_norm(x, weight, eps)
-    if backend == "eager":
+    if backend == "eager" or torch.compiler.is_compiling():
         return rms_norm_eager(x, weight, eps)
     return RMSNormTorch.apply(x, weight, eps)
 
@@ -198,6 +198,6 @@ def apply_rope(q, k, cos, sin, backend="auto"):
     if backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype in _TRITON_DTYPES and _triton_usable(q)):
         from kernels import rope
         return rope.apply_rope(q, k, cos, sin)
-    if backend == "eager":
+    if backend == "eager" or torch.compiler.is_compiling():
         return rope_eager(q, cos, sin), rope_eager(k, cos, sin)
     return RoPETorch.apply(q, cos, sin), RoPETorch.apply(k, cos, sin)

@@ -368,6 +368,27 @@ def test_switch_auto_on_cpu_stays_off_triton(monkeypatch):
     kernels.apply_rope(q.transpose(1, 2), k.transpose(1, 2), torch.ones(1, 6, 8), torch.zeros(1, 6, 8))
 
 
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+@pytest.mark.skipif(not os.path.exists(PTXAS), reason="this triton has no NVIDIA backend to compile with")
+def test_kernels_compile_for_an_h100():
+    """The interpreter never lowers a kernel for a GPU (tl.dot's bf16 layouts, shared memory, registers):
+    compile every kernel, bf16, head_dim 64 and 128, first autotuning config, to an sm_90 cubin, with the
+    launchers' own arguments, in a process without TRITON_INTERPRET (python -m kernels.compile_check)."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(kernels.__file__)))
+    p = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--quick"], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for name in ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel", "_decode_split_kernel", "_rope_kernel",
+                 "rmsnorm._bwd_kernel"):
+        assert name in p.stdout
+    assert "0 failed, 0 without a fitting config" in p.stdout
+
+
 @needs_triton
 def test_torch_compile_fullgraph():
     """The kernels are custom ops, so torch.compile can capture them in one graph (sample.py compiles

@@ -245,6 +245,26 @@ def test_rope_torch_path_equals_eager(dtype):
     torch.testing.assert_close(x.grad.double(), xd.grad, atol=tol * xd.grad.abs().max().item(), rtol=0)
 
 
+def test_compiled_training_step_equals_eager():
+    """Under torch.compile the loss, norms and RoPE trace their plain formulas (model.cross_entropy and the
+    kernel switch check torch.compiler.is_compiling) instead of the hand-written Functions: same loss, same
+    gradients, ignored targets and z-loss included."""
+    model = build(tiny_elm(z_loss=1e-2, backend="sdpa"))
+    model.train()
+    idx, targets = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 12))
+    targets[0, :5] = IGNORE_INDEX
+    results = []
+    for fn in (model, torch.compile(model, backend="aot_eager", fullgraph=True)):
+        _, loss = fn(idx, targets)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_tied_embeddings_share_one_tensor():
     model = build(tiny_elm())
     assert "lm_head.weight" not in model.state_dict() and not hasattr(model, "lm_head")
