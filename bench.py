@@ -5,7 +5,7 @@ Benchmarks against the reference paths. One sub-command per section:
     python bench.py kernels --quick   the same on fewer shapes
     python bench.py decode            batch-1 generation: ours vs transformers generate(), prompt lookup, GPU roofline
     python bench.py train             training tokens/s vs nanoGPT and HF Llama (CPU), elm_tiny vs GPT bits/byte, GPU MFU
-    python bench.py train throughput  one part only: throughput | compiled | bpb | mfu
+    python bench.py train throughput  one part only: throughput | ops | compiled | bpb | mfu
     python bench.py finetune          instruction tuning of elm_tiny on stdlib functions: full vs LoRA (CPU)
 
 Each section is a plain function taking the remaining arguments; add a new one to SECTIONS.
@@ -492,8 +492,8 @@ def _interleaved_seconds(steps, rounds=5, n=3):
 
 def bench_train_throughput(B=8, T=256, compile=False):
     """Training tokens/s and FLOP/s on this machine's CPU: elm_tiny and llama_tiny (ours) against nanoGPT's GPT
-    and transformers' LlamaForCausalLM of matching size, all bf16 autocast, batch B x T, AdamW; with compile,
-    every model goes through torch.compile (inductor) first."""
+    and transformers' LlamaForCausalLM of matching size, all bf16 autocast, batch B x T, AdamW. With compile,
+    each model is timed both eager and through torch.compile (inductor), in the same turns."""
     from model import Transformer
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     torch.manual_seed(0)
@@ -506,16 +506,67 @@ def bench_train_throughput(B=8, T=256, compile=False):
             "HF LlamaForCausalLM (= llama_tiny)": (hf, _hf_loss, llama.flops_per_token(T))}
     steps = {}
     for k, (m, loss, _) in rows.items():
-        fwd = torch.compile(m) if compile else m  # compiles at the first (warm-up) step
-        steps[k] = _step_timer(m, lambda x, y, fwd=fwd, loss=loss: loss(fwd, x, y), B, T, elm.config.vocab_size, autocast)
+        steps[k] = _step_timer(m, lambda x, y, m=m, loss=loss: loss(m, x, y), B, T, elm.config.vocab_size, autocast)
+        if compile:  # compiles at the warm-up step
+            c = torch.compile(m)
+            steps[k + ", compiled"] = _step_timer(m, lambda x, y, c=c, loss=loss: loss(c, x, y), B, T,
+                                                  elm.config.vocab_size, autocast)
     secs = _interleaved_seconds(steps)
-    print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), bf16 autocast, batch {B}x{T}, AdamW"
-          f"{', torch.compile' if compile else ', eager'}")
-    print(f"| model | params | tokens/s | GFLOP/s | ms/step |\n|---|---|---|---|---|")
+    print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), bf16 autocast, batch {B}x{T}, AdamW")
+    if compile:
+        print("| model | eager ms/step | torch.compile ms/step | compiled / eager |\n|---|---|---|---|")
+        for k in rows:
+            print(f"| {k} | {secs[k] * 1e3:.0f} | {secs[k + ', compiled'] * 1e3:.0f} | {secs[k + ', compiled'] / secs[k]:.2f} |")
+        return secs
+    print("| model | params | tokens/s | GFLOP/s | ms/step |\n|---|---|---|---|---|")
     for k, (m, _, fpt) in rows.items():
         tok_s = B * T / secs[k]
         print(f"| {k} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M | {tok_s:,.0f} | {fpt * tok_s / 1e9:.1f} | {secs[k] * 1e3:.0f} |")
     return secs
+
+
+def bench_train_ops(B=8, T=256, V=8192):
+    """Forward + backward of the elementwise ops that separate elm_tiny from the GPT, at its shapes on this CPU:
+    our autograd Functions (what the model runs) against autograd through the eager reference and against what
+    nanoGPT runs in their place (F.cross_entropy, F.layer_norm)."""
+    import time
+    import torch.nn.functional as F
+    from model import CrossEntropy
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(B * T, V, generator=g).bfloat16(), torch.randint(V, (B * T,), generator=g)
+    resid, w = torch.randn(B, T, 384, generator=g), torch.ones(384, requires_grad=True)
+    q, qw = torch.randn(B, T, 12, 64, generator=g).bfloat16()[:, :, :8], torch.ones(64, requires_grad=True)  # q of qkv
+    rq, angle = torch.randn(B, T, 8, 64, generator=g), torch.randn(1, T, 32, generator=g)
+    cos, sin = angle.cos(), angle.sin()
+
+    def timed(fn, x):
+        def step():
+            leaf = x.detach().requires_grad_()
+            t = time.perf_counter()
+            out = fn(leaf)
+            out.backward(torch.ones_like(out) if out.dim() else None)
+            return time.perf_counter() - t
+        return step
+
+    z = lambda x: F.cross_entropy(x.float(), targets) + 1e-4 * torch.logsumexp(x.float(), -1).pow(2).mean()  # noqa: E731
+    cases = {
+        ("loss with z-loss, 2048x8192 bf16 logits", "ours: model.CrossEntropy"): timed(lambda x: CrossEntropy.apply(x, targets, 1e-4), logits),
+        ("loss with z-loss, 2048x8192 bf16 logits", "F.cross_entropy + logsumexp"): timed(z, logits),
+        ("loss without z-loss", "ours: model.CrossEntropy"): timed(lambda x: CrossEntropy.apply(x, targets, 0.0), logits),
+        ("loss without z-loss", "nanoGPT: F.cross_entropy"): timed(lambda x: F.cross_entropy(x.float(), targets), logits),
+        ("residual RMSNorm, 8x256x384 fp32", "ours: kernels.RMSNormTorch"): timed(lambda x: kernels.RMSNormTorch.apply(x, w, 1e-6), resid),
+        ("residual RMSNorm, 8x256x384 fp32", "autograd through kernels.rms_norm_eager"): timed(lambda x: kernels.rms_norm_eager(x, w, 1e-6), resid),
+        ("residual RMSNorm, 8x256x384 fp32", "nanoGPT: F.layer_norm"): timed(lambda x: F.layer_norm(x, (384,), w), resid),
+        ("QK-norm, 8x256x8x64 bf16 slice", "ours: kernels.RMSNormTorch"): timed(lambda x: kernels.RMSNormTorch.apply(x, qw, 1e-6), q),
+        ("QK-norm, 8x256x8x64 bf16 slice", "autograd through kernels.rms_norm_eager"): timed(lambda x: kernels.rms_norm_eager(x, qw, 1e-6), q),
+        ("RoPE, 8x256x8x64 fp32", "ours: kernels.RoPETorch"): timed(lambda x: kernels.RoPETorch.apply(x, cos, sin), rq),
+        ("RoPE, 8x256x8x64 fp32", "autograd through kernels.rope_eager"): timed(lambda x: kernels.rope_eager(x, cos, sin), rq),
+    }
+    secs = _interleaved_seconds(cases)
+    print(f"\nforward + backward on this CPU ({torch.get_num_threads()} threads), fastest median of 3 over 5 rounds")
+    print("| op | implementation | ms |\n|---|---|---|")
+    for (op, impl), sec in secs.items():
+        print(f"| {op} | {impl} | {sec * 1e3:.2f} |")
 
 
 @torch.no_grad()
@@ -653,14 +704,17 @@ def bench_train_mfu(batch_size=16, iters=30):
 
 
 def bench_train(args):
-    """python bench.py train [throughput|compiled|bpb|mfu]: throughput, bpb and mfu when no part is named (mfu only
-    with a GPU); compiled is throughput with every model under torch.compile (a few minutes of compiling)."""
+    """python bench.py train [throughput|ops|compiled|bpb|mfu]: throughput, bpb and mfu when no part is named (mfu
+    only with a GPU); ops times the loss, norm and RoPE alone; compiled times every model eager and under
+    torch.compile (a few minutes of compiling)."""
     parts = args or ["throughput", "bpb", "mfu"]
     for part in parts:
-        if part not in ("throughput", "compiled", "bpb", "mfu"):
-            raise SystemExit(f"error: unknown part {part!r} of bench.py train: use throughput, compiled, bpb or mfu")
+        if part not in ("throughput", "ops", "compiled", "bpb", "mfu"):
+            raise SystemExit(f"error: unknown part {part!r} of bench.py train: use throughput, ops, compiled, bpb or mfu")
     if "throughput" in parts:
         bench_train_throughput()
+    if "ops" in parts:
+        bench_train_ops()
     if "compiled" in parts:
         bench_train_throughput(compile=True)
     if "bpb" in parts:
