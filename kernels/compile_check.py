@@ -74,7 +74,8 @@ def run(arch=90, quick=False):
             k = original(self, *args, grid=grid, warmup=True, **kw)
             results.append((name, case["name"], config, k.metadata.shared, *_resources(k.asm["cubin"])))
         except Exception as e:  # noqa: BLE001  (every failure is reported, the sweep goes on)
-            results.append((name, case["name"], config, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+            lines = [line.strip() for line in str(e).splitlines() if any(c.isalpha() for c in line)] or [""]
+            results.append((name, case["name"], config, f"{type(e).__name__}: {lines[0]} {lines[-1]}"))
 
     class Configs:  # stands in for triton.autotune: compiles the kernel once per config
         def __init__(self, kind, block_d):
@@ -120,7 +121,7 @@ def report(results, arch):
     limit = SHARED_LIMIT.get(arch, 99 * 1024)
     print(f"| kernel | case | BLOCK_M x BLOCK_N, warps, stages | shared KB | registers | stack bytes |")
     print("|---|---|---|---|---|---|")
-    fits, failed = defaultdict(bool), []
+    fits, failed, spill_free = defaultdict(bool), [], defaultdict(bool)
     for kernel, case, config, *r in results:
         if isinstance(r[0], str):
             failed.append(f"{kernel} {case} {config}: {r[0]}")
@@ -128,9 +129,12 @@ def report(results, arch):
             continue
         shared, regs, stack = r
         fits[kernel, case] |= shared <= limit
+        spill_free[kernel, case] |= shared <= limit and stack == 0
         over = " (over the limit)" if shared > limit else ""
         print(f"| {kernel} | {case} | {config} | {shared / 1024:.0f}{over} | {regs} | {stack} |")
     none_fit = [f"{kernel} {case}" for (kernel, case), ok in fits.items() if not ok]
+    for kernel, case in [key for key, ok in spill_free.items() if not ok]:
+        print(f"note: every compiled config of {kernel} ({case}) that fits spills registers to the stack")
     for line in failed:
         print(f"error: {line}", file=sys.stderr)
     for line in none_fit:

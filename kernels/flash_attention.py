@@ -375,9 +375,12 @@ def _configs(kind, block_d):
     elif kind == "dq":  # BLOCK_M queries per program, BLOCK_N keys per step
         c = [(128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3), (32, 64, 4, 3)] \
             if block_d <= 128 else [(64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 2)]
-    else:  # dkdv: BLOCK_N keys per program, BLOCK_M queries per step
-        c = [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2), (16, 64, 4, 3)] \
-            if block_d <= 128 else [(32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2)]
+    else:  # dkdv: BLOCK_N keys per program, BLOCK_M queries per step. Two (BLOCK_N, D) fp32 accumulators
+        # plus the K and V tiles: on sm_90, causal, only the 8-warp configs hold them in registers at head_dim
+        # 128 and 256 (and at 100, only BLOCK_N = 32); the rest spill (python -m kernels.compile_check)
+        c = [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2), (16, 64, 4, 3), (16, 128, 8, 3),
+             (32, 64, 8, 2), (64, 32, 8, 2)] \
+            if block_d <= 128 else [(32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2), (16, 32, 8, 2), (32, 32, 8, 2)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in c]
 
 
