@@ -102,7 +102,7 @@ def cross_entropy(logits, targets, z_loss=0.0):
     can trace the Function's blocks."""
     if not torch.compiler.is_compiling():
         return CrossEntropy.apply(logits, targets, z_loss)
-    x, valid = logits.float(), targets != IGNORE_INDEX
+    x, valid = logits.to(torch.promote_types(logits.dtype, torch.float32)), targets != IGNORE_INDEX
     lse = torch.logsumexp(x, dim=-1)
     nll = lse - x.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
     return ((nll + z_loss * lse * lse) * valid).sum() / valid.sum().clamp(min=1)

@@ -7,7 +7,7 @@ target (bf16/fp16 tl.dot included), and that some config of each fits the shared
 spills (stack bytes) come from the cubin, via the cuobjdump that ships with triton.
 
     python -m kernels.compile_check                 sm_90 (H100, H200): bf16 and fp16, every config
-    python -m kernels.compile_check --arch=80       sm_80 (A100)
+    python -m kernels.compile_check --arch=80       sm_80 (A100); also 86, 89
     python -m kernels.compile_check --quick         bf16, head_dim 64 and 128, each kernel's first config
 
 Exits non-zero if a kernel fails to compile or no config of an autotuned kernel fits.
@@ -145,8 +145,11 @@ def report(results, arch):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    arch = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--arch=")), 90)
+    arch = next((a.split("=", 1)[1] for a in args if a.startswith("--arch=")), "90")
     unknown = [a for a in args if a != "--quick" and not a.startswith("--arch=")]
     if unknown:
         raise SystemExit(f"error: unknown argument {unknown[0]!r}: use --arch=90|80 and --quick")
+    if not arch.isdigit() or int(arch) not in SHARED_LIMIT:
+        raise SystemExit(f"error: --arch={arch} is not one of {', '.join(map(str, SHARED_LIMIT))} (compute capability x 10)")
+    arch = int(arch)
     sys.exit(0 if report(run(arch, "--quick" in args), arch) else 1)

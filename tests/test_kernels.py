@@ -387,6 +387,9 @@ def test_kernels_compile_for_an_h100():
                  "rmsnorm._bwd_kernel"):
         assert name in p.stdout
     assert "0 failed, 0 without a fitting config" in p.stdout
+    bad = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch=100"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == ["error: --arch=100 is not one of 80, 86, 89, 90 (compute capability x 10)"]
 
 
 @needs_triton

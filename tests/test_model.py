@@ -343,7 +343,7 @@ def test_cross_entropy_gradient_equals_autograd_of_the_formula(z_loss, rows, mon
     before = logits.detach().clone()
     got = CrossEntropy.apply(logits, targets, z_loss)
     (got_grad,) = torch.autograd.grad(got * 1.0, logits)
-    assert torch.equal(logits, before)  # the in-place log_softmax and exp work on a copy, never the caller's logits
+    assert torch.equal(logits, before)  # the in-place sub_/exp_ work on block copies, never the caller's logits
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got_grad, want_grad)
     assert torch.all(got_grad[[2, 7]] == 0)  # ignored positions get no gradient
