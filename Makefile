@@ -3,11 +3,13 @@ PY ?= python
 
 .PHONY: install demo test
 
-# torch first: the CPU wheel when no torch is installed (an unpinned torch would pull GBs of CUDA
-# packages); any torch >= 2.5 already present, a CUDA build say, is kept.
+# torch first: the CPU wheel (with the triton the tests were verified with, on Linux) when no torch is
+# installed, since an unpinned torch would pull GBs of CUDA packages; any torch >= 2.5 already present, a
+# CUDA build say, is kept with its triton. Then the rest, pinned to the versions in constraints.txt.
+TRITON := $(if $(filter Linux,$(shell uname -s)),triton==3.9.0)
 install:
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	@$(PY) -m pip install -q -r requirements-dev.txt
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 $(TRITON)
+	@$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
 
 demo: install
 	@test -f data/stdlib/meta.json || $(PY) prepare.py
