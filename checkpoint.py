@@ -1,6 +1,7 @@
 """
 Our checkpoints, saved and loaded here and nowhere else: train.py saves and resumes through this file;
-sample.py, eval.py and hf.py load through load_model().
+sample.py, eval.py and export.py load through load_model(), which also reads Hugging Face and Meta directories
+(through hf.py) and LoRA runs (their base with the adapters merged in).
 
     out/<run>/latest              the name of the newest complete checkpoint, e.g. "step_0002000"
     out/<run>/step_0002000/
@@ -16,7 +17,6 @@ process group, or resharded onto any number of ranks. A checkpoint is written in
 folder and renamed into place, and `latest` is replaced atomically, so a crash never leaves a torn one.
 """
 import dataclasses
-import json
 import os
 import shutil
 import warnings
@@ -27,7 +27,12 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
 
+import data
+import hf
+from configurator import InputError
+from files import atomic_write, read_json, write_json
 from model import ModelConfig, Transformer
+from tokenizer import Tokenizer
 
 # Frozen parameters are not saved: a LoRA run stores its adapters and their optimizer state, and names the
 # base it started from (train.json "lora_base"); a full run freezes nothing, so this changes nothing there.
@@ -55,15 +60,6 @@ def _dcp(fn, state, path):
         return fn(state, checkpoint_id=path, no_dist=not _distributed())
 
 
-def _atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def step_dir(out_dir, step):
     return os.path.join(out_dir, f"step_{step:07d}")
 
@@ -89,8 +85,7 @@ def resolve(path):
 
 
 def read_info(path):
-    with open(os.path.join(path, "train.json")) as f:
-        return json.load(f)
+    return read_json(os.path.join(path, "train.json"), "the checkpoint is damaged: resume from an older step folder")
 
 
 def model_config(info):
@@ -121,17 +116,16 @@ def save(out_dir, step, model, optimizer, settings, data_dir=None, keep_last=3, 
     if rank == 0:
         info = {"step": step, "model_config": dataclasses.asdict(model.config), "settings": settings,
                 "world_size": dist.get_world_size() if _distributed() else 1, **(extra or {})}
-        with open(os.path.join(tmp, "train.json"), "w") as f:
-            json.dump(info, f, indent=1)
+        write_json(os.path.join(tmp, "train.json"), info)
         if data_dir and os.path.isfile(os.path.join(data_dir, "meta.json")):
             shutil.copy2(os.path.join(data_dir, "meta.json"), tmp)
-            tok = json.load(open(os.path.join(data_dir, "meta.json"))).get("tokenizer_file")
+            tok = data.read_meta(data_dir).get("tokenizer_file")
             if tok and os.path.isfile(os.path.join(data_dir, tok)):
                 shutil.copy2(os.path.join(data_dir, tok), tmp)
         if os.path.isdir(final):  # the same step saved again (a run resumed from its final checkpoint)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _atomic_write(os.path.join(out_dir, "latest"), os.path.basename(final) + "\n")
+        atomic_write(os.path.join(out_dir, "latest"), os.path.basename(final) + "\n")
         _prune(out_dir, keep_last, keep=os.path.basename(final))
     _barrier()
     return final
@@ -181,36 +175,33 @@ def load_model(path, device="cpu", dtype=None, tokenizer="", need_tokenizer=Fals
     model is refused in one place."""
     model, tok = _load(str(path), device, dtype)
     if tokenizer:
-        import prepare
-        is_data = os.path.isfile(os.path.join(tokenizer, "meta.json"))
-        tok = prepare.load_tokenizer(tokenizer) if is_data else prepare.Tokenizer(tokenizer)
+        tok = data.load_tokenizer(tokenizer) if os.path.isfile(os.path.join(tokenizer, "meta.json")) else Tokenizer(tokenizer)
     if tok is None and need_tokenizer:
-        raise SystemExit(f"error: {path} holds no tokenizer (OpenELM ships none: it uses Llama-2's): "
+        raise InputError(f"{path} holds no tokenizer (OpenELM ships none: it uses Llama-2's): "
                          f"pass --tokenizer=path/to/tokenizer.model (or a prepared data dir)")
     V = model.config.vocab_size
     if tok is not None and (tok.vocab_size > V or V - tok.vocab_size > 256):  # a model may pad its vocab a little
-        raise SystemExit(f"error: the tokenizer has {tok.vocab_size} tokens but {path} has {V}: they do not "
+        raise InputError(f"the tokenizer has {tok.vocab_size} tokens but {path} has {V}: they do not "
                          f"belong together; pass --tokenizer=<the tokenizer it was trained with>")
     return model, tok
 
 
 def _load(path, device, dtype):
     if not os.path.isdir(path):
-        raise SystemExit(f"error: checkpoint {path!r} not found: give a run directory (out/<run>), one of its "
+        raise InputError(f"checkpoint {path!r} not found: give a run directory (out/<run>), one of its "
                          f"step_* folders, or a Hugging Face model directory")
     ck = resolve(path)
     if ck is None:
         if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "params.json")):
-            import hf  # Hugging Face or Meta weights
             return hf.load_model(path, device=device, dtype=dtype), hf.load_tokenizer(path, required=False)
-        raise SystemExit(f"error: {path} holds no checkpoint (no 'latest' pointer, train.json or config.json): "
+        raise InputError(f"{path} holds no checkpoint (no 'latest' pointer, train.json or config.json): "
                          f"train one with train.py, or point at a Hugging Face model directory")
     info = read_info(ck)
     if info.get("lora"):  # adapters only: load the base they were trained on, add them, merge them in
         import lora
         base = info["lora_base"]
         if not os.path.isdir(base):
-            raise SystemExit(f"error: {ck} holds LoRA adapters for the base model {base}, which is not there: "
+            raise InputError(f"{ck} holds LoRA adapters for the base model {base}, which is not there: "
                              f"put the base back at that path (or set lora_base in {ck}/train.json)")
         # merged in float32, then cast: the base at full precision, and the adapters as they were trained
         model, tokenizer = _load(base, device, torch.float32)
@@ -228,10 +219,6 @@ def _load(path, device, dtype):
         _dcp(dcp.load, {"model": sd}, ck)  # fills sd's tensors (the model's own storage) in place, casting
         model.load_state_dict(sd)
         tokenizer = None
-    if os.path.isfile(os.path.join(ck, "meta.json")):
-        import prepare
-        meta = prepare.read_meta(ck)
-        if meta.get("tokenizer") == "tiktoken" or (meta.get("tokenizer_file") and
-                                                   os.path.isfile(os.path.join(ck, meta["tokenizer_file"]))):
-            tokenizer = prepare.load_tokenizer(ck)
+    if os.path.isfile(os.path.join(ck, "meta.json")) and data.has_tokenizer(ck):
+        tokenizer = data.load_tokenizer(ck)
     return model.eval(), tokenizer

@@ -1,16 +1,36 @@
 """
-Settings for every script, nanoGPT's idea tidied up. A script keeps its settings as plain module globals
-with a comment each, then calls
+Settings and errors for every script, nanoGPT's idea tidied up. A script keeps its settings as plain module
+globals with a comment each, then calls
 
-    configurator.configure(globals(), sys.argv[1:])
+    settings = configurator.configure(globals(), sys.argv[1:])
 
-which executes an optional config file (a path ending in .py) over those globals, then applies
-`--key=value` overrides, parsed as Python literals (`--lr=3e-4`, `--compile=False`, `--betas=(0.9,0.95)`);
-a setting whose default is a string takes the text as given (`--init_from=out/run1`). An unknown key, a value whose
-type differs from the default's, or a malformed argument stops the script with one line naming it.
+which executes an optional config file (a path ending in .py) over those globals, then applies `--key=value`
+overrides, parsed as Python literals (`--lr=3e-4`, `--compile=False`, `--betas=(0.9,0.95)`); a setting whose
+default is a string takes the text as given (`--init_from=out/run1`). An unknown key, a value whose type differs
+from the default's, a malformed argument or a config file that does not run stops with one line naming it.
+
+Bad input anywhere (a missing file, a wrong setting, a tokenizer that does not fit) raises InputError, whose
+message is that one line: a notebook can catch it, and a script's `__main__` runs under `main()`, which prints
+`error: <message>` and exits with status 2. Everything else is a bug and keeps its traceback.
 """
 import ast
+import os
 import sys
+
+
+class InputError(ValueError):
+    """Bad input a user can fix; str(e) is one line naming the problem and the fix."""
+
+
+def main(fn, *args):
+    """Run a script's fn(*args); an InputError becomes `error: ...` on stderr and exit status 2. Under torchrun
+    only rank 0 prints it (every rank meets the same error), and no rank shows a traceback."""
+    try:
+        return fn(*args)
+    except InputError as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _typecheck(key, old, new, where):
@@ -23,42 +43,58 @@ def _typecheck(key, old, new, where):
         return float(new)
     if isinstance(old, (tuple, list)) and isinstance(new, (tuple, list)):
         return type(old)(new)
-    raise SystemExit(f"error: {where} sets {key}={new!r} ({type(new).__name__}), "
-                     f"but {key} is a {type(old).__name__} (default {old!r}): give a {type(old).__name__}")
+    raise InputError(f"{where} sets {key}={new!r} ({type(new).__name__}), but {key} is a {type(old).__name__} "
+                     f"(default {old!r}): give a {type(old).__name__}")
 
 
 def _settings(scope):
     return {k for k, v in scope.items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple, list, dict, type(None)))}
 
 
-def configure(scope, argv):
-    """Apply a config file and --key=value overrides to `scope` (a script's globals()). Returns the
-    dict of settings actually in effect, for printing and for the checkpoint."""
+def read_file(path):
+    """The names a config file assigns (modules, functions and _private names left out)."""
+    try:
+        src = open(path).read()
+    except OSError as e:
+        raise InputError(f"cannot read config file {path}: {e.strerror}")
+    cfg = {}
+    try:
+        exec(compile(src, path, "exec"), {}, cfg)
+    except SyntaxError as e:
+        raise InputError(f"config file {path}, line {e.lineno}: {e.msg}: fix the file")
+    except Exception as e:  # the file's own code raised: name the line of the file, not of this function
+        tb, line = e.__traceback__, "?"
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == path:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        raise InputError(f"config file {path}, line {line}: {type(e).__name__}: {e}: fix the file")
+    return {k: v for k, v in cfg.items() if not k.startswith("_") and not callable(v) and type(v).__name__ != "module"}
+
+
+def configure(scope, argv, sources=None):
+    """Apply a config file and --key=value overrides to `scope` (a script's globals()). Returns the dict of
+    settings in effect, for printing and for the checkpoint. `sources`, a dict, receives for every key that was
+    set where it was set: the config file's path, or the --key=value argument."""
     keys = _settings(scope)
     for arg in argv:
         if not arg.startswith("--"):
             if not arg.endswith(".py"):
-                raise SystemExit(f"error: {arg!r} is neither a config file (*.py) nor a --key=value setting")
-            try:
-                src = open(arg).read()
-            except OSError as e:
-                raise SystemExit(f"error: cannot read config file {arg}: {e.strerror}")
-            cfg = {}
-            exec(compile(src, arg, "exec"), {}, cfg)
-            for k, v in cfg.items():
-                if k.startswith("_") or callable(v) or type(v).__name__ == "module":
-                    continue
+                raise InputError(f"{arg!r} is neither a config file (*.py) nor a --key=value setting")
+            for k, v in read_file(arg).items():
                 if k not in keys:
-                    raise SystemExit(f"error: config file {arg} sets unknown key {k!r}: check the spelling "
-                                     f"against the settings at the top of {scope.get('__file__', 'the script')}")
+                    raise InputError(f"config file {arg} sets unknown key {k!r}: check the spelling against the "
+                                     f"settings at the top of {scope.get('__file__', 'the script')}")
                 scope[k] = _typecheck(k, scope[k], v, arg)
+                if sources is not None:
+                    sources[k] = arg
         else:
             if "=" not in arg:
-                raise SystemExit(f"error: malformed argument {arg!r}: write --key=value")
+                raise InputError(f"malformed argument {arg!r}: write --key=value")
             k, v = arg[2:].split("=", 1)
             if k not in keys:
-                raise SystemExit(f"error: unknown setting {k!r} in {arg!r}: check the spelling against the "
-                                 f"settings at the top of {scope.get('__file__', 'the script')}")
+                raise InputError(f"unknown setting {k!r} in {arg!r}: check the spelling against the settings at "
+                                 f"the top of {scope.get('__file__', 'the script')}")
             if isinstance(scope[k], str):  # a string setting takes the text as given: --name=123 is "123"
                 v = v[1:-1] if len(v) > 1 and v[0] == v[-1] and v[0] in "'\"" else v
             else:
@@ -67,6 +103,8 @@ def configure(scope, argv):
                 except (SyntaxError, ValueError):
                     pass  # not a Python literal: keep the string (and let the type check name it)
             scope[k] = _typecheck(k, scope[k], v, arg)
+            if sources is not None:
+                sources[k] = arg
     return {k: scope[k] for k in sorted(keys)}
 
 

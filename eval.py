@@ -42,6 +42,11 @@ from collections import namedtuple
 import torch
 import torch.nn.functional as F
 
+import configurator
+import data
+from configurator import InputError
+from files import atomic_write, write_json
+
 # -----------------------------------------------------------------------------
 # settings: override with a config file or --key=value (see configurator.py)
 # -----------------------------------------------------------------------------
@@ -193,21 +198,21 @@ def task_names(spec):
     names = list(TASKS) if spec.strip() == "all" else [t.strip() for t in spec.split(",") if t.strip()]
     for n in names:
         if n not in TASKS:
-            raise SystemExit(f"error: unknown task {n!r}: choose from {', '.join(TASKS)} (or --tasks=all)")
+            raise InputError(f"unknown task {n!r}: choose from {', '.join(TASKS)} (or --tasks=all)")
     return names
 
 
 def read_docs(data_dir, name, split):
     path = os.path.join(data_dir, name, f"{split}.jsonl")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: task data {path} not found: run `python eval.py --tasks={name} --data_dir={data_dir}"
+        raise InputError(f"task data {path} not found: run `python eval.py --tasks={name} --data_dir={data_dir}"
                          f" --download=True` (needs `pip install datasets` and network), or write that file "
                          f"(one JSON document per line, the public dataset's fields; see eval.py's docstring)")
     with open(path) as f:
         try:
             return [json.loads(line) for line in f if line.strip()]
         except json.JSONDecodeError as e:
-            raise SystemExit(f"error: {path} line {e.doc.count(chr(10)) + 1} is not JSON ({e.msg}): one object per line")
+            raise InputError(f"{path} line {e.doc.count(chr(10)) + 1} is not JSON ({e.msg}): one object per line")
 
 
 def download_tasks(names, data_dir):
@@ -215,7 +220,7 @@ def download_tasks(names, data_dir):
     try:
         import datasets
     except ImportError:
-        raise SystemExit("error: --download needs the datasets package: pip install datasets")
+        raise InputError("--download needs the datasets package: pip install datasets")
     for name in names:
         t = TASKS[name]
         for sp in dict.fromkeys((t.split, t.fewshot_split)):
@@ -223,13 +228,10 @@ def download_tasks(names, data_dir):
             try:
                 rows = datasets.load_dataset(t.hf[0], t.hf[1], split=sp)
             except Exception as e:  # offline, gated, renamed: all mean the same to the user
-                raise SystemExit(f"error: could not download {t.hf[0]} ({t.hf[1]}, split {sp}): {type(e).__name__}: "
+                raise InputError(f"could not download {t.hf[0]} ({t.hf[1]}, split {sp}): {type(e).__name__}: "
                                  f"{e}. Check the network, or write {path} by hand")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            os.replace(path + ".tmp", path)
+            atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             print(f"{name}: {len(rows)} documents -> {path}")
 
 
@@ -247,13 +249,13 @@ def fewshot_context(name, doc, pool, n, rnd):
     elif n == 0:
         shots = []
     elif n + t.drop_self > len(pool):
-        raise SystemExit(f"error: {name} has {len(pool)} few-shot examples, too few for --num_fewshot={n}: lower it")
+        raise InputError(f"{name} has {len(pool)} few-shot examples, too few for --num_fewshot={n}: lower it")
     elif t.drop_self:  # the sampler draws n + 1 and drops the evaluated document (the rng advances the same)
         shots = [pool[i] for i in rnd.sample(range(len(pool)), n + 1) if pool[i] != doc][:n]
     else:
         shots = [pool[i] for i in rnd.sample(range(len(pool)), n)]
     if len(shots) < n:
-        raise SystemExit(f"error: {name} has {len(shots)} few-shot examples, too few for --num_fewshot={n}: lower it")
+        raise InputError(f"{name} has {len(shots)} few-shot examples, too few for --num_fewshot={n}: lower it")
     text = description
     for s in shots:
         q, choices, gold = t.fn(s)
@@ -312,7 +314,7 @@ def score(model, requests, max_len, batch=16, desc="scoring", share=True):
     groups = {}  # context ids -> (context ids, [(request index, continuation ids)])
     for i, (ctx, cont) in enumerate(requests):
         if not 0 < len(cont) <= max_len:
-            raise SystemExit(f"error: a continuation of {len(cont)} tokens cannot be scored: it needs 1 to "
+            raise InputError(f"a continuation of {len(cont)} tokens cannot be scored: it needs 1 to "
                              f"max_length={max_len} tokens (raise --max_length up to the model's block_size)")
         ctx = tuple(ctx[-(max_len + 1 - len(cont)):])  # the harness keeps the last max_len + 1 tokens in all
         groups.setdefault(ctx if share else i, (ctx, []))[1].append((i, list(cont)))
@@ -486,39 +488,66 @@ def markdown_table(res):
 # perplexity
 
 
-def token_split_perplexity(model, data, which, max_len, batch=16, context_len=1, max_tok=0, tok=None):
+def token_split_perplexity(model, data_dir, which, max_len, batch=16, context_len=1, max_tok=0, tok=None):
     """Rolling log-likelihood over a prepared split: each shard is one stream, its first token (a BOS) is the
     prefix and every later token is predicted once. Bits per byte = nats / ln 2 / the split's UTF-8 bytes.
-    tok, the checkpoint's tokenizer, is checked against the one the split was made with."""
-    import prepare
-    meta, nll, n = prepare.read_meta(data), 0.0, 0
-    fix = f"evaluate on data prepared with the checkpoint's tokenizer (python prepare.py --tokenizer=...)"
+    A chat split (prepare.py --chat_format) is scored as training counts it: the loss per trained target token
+    (the assistant's replies and their EOS), each row on its own. tok, the checkpoint's tokenizer, is checked
+    against the one the split was made with."""
+    meta, nll, n = data.read_meta(data_dir), 0.0, 0
+    fix = "evaluate on data prepared with the checkpoint's tokenizer (python prepare.py --tokenizer=...)"
     if meta["vocab_size"] > model.config.vocab_size:
-        raise SystemExit(f"error: {data} was tokenized with {meta['vocab_size']} ids but the model has "
+        raise InputError(f"{data_dir} was tokenized with {meta['vocab_size']} ids but the model has "
                          f"{model.config.vocab_size}: {fix}")
     probe = "def f(x):\n    return x + 1  # The quick brown fox, 1999."
-    if tok is not None and prepare.load_tokenizer(data).encode(probe) != tok.encode(probe):
-        raise SystemExit(f"error: {data} was tokenized with a different tokenizer than the checkpoint's: {fix}")
-    for shard in prepare.open_split(data, which):
+    if tok is not None and data.load_tokenizer(data_dir).encode(probe) != tok.encode(probe):
+        raise InputError(f"{data_dir} was tokenized with a different tokenizer than the checkpoint's: {fix}")
+    if meta.get("layout") == "rows":
+        return _rows_loss(model, data_dir, which, batch)
+    for shard in data.open_split(data_dir, which):
         ids = shard[:max_tok or None].tolist()
         if len(ids) < 2:
             continue
         windows = rolling_windows(ids[1:], ids[0], max_len, context_len)
-        nll -= sum(ll for ll, _ in score(model, windows, max_len, batch, desc=f"{which} ppl"))
+        # each window on its own: sharing a one-token context saves nothing (and needs a KV cache)
+        nll -= sum(ll for ll, _ in score(model, windows, max_len, batch, desc=f"{which} ppl", share=False))
         n += len(ids) - 1
     if n == 0:
-        raise SystemExit(f"error: the {which} split of {data} is empty: choose another --split")
+        raise InputError(f"the {which} split of {data_dir} is empty: choose another --split")
     out = {"split": which, "tokens": n, "loss": nll / n, "perplexity": math.exp(nll / n)}
     nbytes = meta["splits"][which].get("bytes")
     if nbytes and not max_tok:  # bytes are counted for the whole split only
-        out["bits_per_byte"] = nll / math.log(2) / nbytes
+        out["bits_per_byte"] = bits_per_byte(nll, nbytes)
     return out
+
+
+@torch.no_grad()
+def _rows_loss(model, data_dir, which, batch):
+    """Loss per trained target token of a chat split: a target is the next token where the mask marks it."""
+    from model import IGNORE_INDEX
+    tokens, mask = data.open_rows(data_dir, which)
+    dev, nll, n = next(model.parameters()).device, 0.0, 0
+    for i in range(0, len(tokens), batch):
+        x = torch.from_numpy(tokens[i:i + batch].astype("int64")).to(dev)
+        y = torch.where(torch.from_numpy(mask[i:i + batch, 1:].astype(bool)).to(dev), x[:, 1:], IGNORE_INDEX)
+        logits = model(x[:, :-1])
+        nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="sum").item()
+        n += int((y != IGNORE_INDEX).sum())
+    if n == 0:
+        raise InputError(f"the {which} split of {data_dir} has no trained tokens: choose another --split")
+    return {"split": which, "tokens": n, "loss": nll / n, "perplexity": math.exp(nll / n)}
+
+
+def bits_per_byte(nats, nbytes):
+    """Total negative log-likelihood in nats over the UTF-8 bytes it covers, in bits: a tokenizer-free measure."""
+    return nats / math.log(2) / nbytes
 
 
 def text_perplexity(model, tok, path, max_len, batch=16, context_len=1):
     """Rolling perplexity of raw text: token perplexity plus the harness's word/byte perplexity and bits per byte."""
     if not os.path.isfile(path):
-        raise SystemExit(f"error: text file {path} not found: give a .txt file or a .jsonl file with a 'text' field")
+        raise InputError(f"text file {path} not found: give a .txt file or a .jsonl file with a 'text' field")
     with open(path, encoding="utf-8") as f:
         docs = [json.loads(l)["text"] for l in f if l.strip()] if path.endswith(".jsonl") else [f.read()]
     ll = sum(rolling_loglikelihood(model, tok, docs, max_len, batch, context_len, desc="text ppl"))
@@ -527,7 +556,7 @@ def text_perplexity(model, tok, path, max_len, batch=16, context_len=1):
     n_words = sum(len(re.split(r"\s+", d)) for d in docs)  # the harness's word count
     return {"documents": len(docs), "tokens": n_tok, "loss": -ll / n_tok, "perplexity": math.exp(-ll / n_tok),
             "word_perplexity": math.exp(-ll / n_words), "byte_perplexity": math.exp(-ll / n_bytes),
-            "bits_per_byte": -ll / n_bytes / math.log(2)}
+            "bits_per_byte": bits_per_byte(-ll, n_bytes)}
 
 
 # -----------------------------------------------------------------------------
@@ -553,7 +582,7 @@ def harness_model_class():
         from lm_eval.api.model import LM
         from lm_eval.api.registry import register_model
     except ImportError:
-        raise SystemExit("error: the harness adapter needs lm-evaluation-harness: pip install lm-eval")
+        raise InputError("the harness adapter needs lm-evaluation-harness: pip install lm-eval")
 
     @register_model("nanoelm")
     class NanoELM(LM):
@@ -581,9 +610,9 @@ def harness_model_class():
             return rolling_loglikelihood(self.model, self.tok, [r.args[0] for r in requests], self.max_length,
                                          self.batch)
 
-        @torch.no_grad()
         def generate_until(self, requests, disable_tqdm=False):
-            """Greedy (or sampled, with do_sample) decoding through the KV cache until a stop string."""
+            """Greedy (or sampled, with do_sample) decoding by sample.generate until EOS or a stop string."""
+            import sample
             outs, dev = [], next(self.model.parameters()).device
             for r in requests:
                 context, kw = r.args[0], dict(r.args[1])
@@ -592,56 +621,36 @@ def harness_model_class():
                 n_new = int(kw.get("max_gen_toks", 256))
                 temp = float(kw.get("temperature", 0.0)) if kw.get("do_sample") else 0.0
                 ids = self.tok.encode(context, bos=self.bos)[-(self.max_length - n_new):]
-                n_new = min(n_new, self.max_length - len(ids))
-                self.model.setup_cache(1, len(ids) + n_new, device=dev)
-                logits = self.model(torch.tensor([ids], device=dev), input_pos=torch.arange(len(ids), device=dev))
                 new = []
-                for step in range(n_new):
-                    last = logits[0, -1].float()
-                    nxt = int(torch.multinomial(F.softmax(last / temp, -1), 1)) if temp > 0 else int(last.argmax())
-                    if nxt == self.tok.eos_id:
-                        break
-                    new.append(nxt)
-                    text = self.tok.decode(new)
-                    if any(u in text for u in until):
-                        break
-                    pos = torch.tensor([len(ids) + step], device=dev)
-                    logits = self.model(torch.tensor([[nxt]], device=dev), input_pos=pos)
-                self.model.clear_cache()
-                text = self.tok.decode(new)
-                for u in until:  # the harness cuts at the first stop sequence
-                    text = text.split(u)[0]
-                outs.append(text)
+
+                def stop(tokens):  # the harness stops at the first stop string
+                    new.extend(tokens[0].tolist())
+                    return any(u in self.tok.decode(new) for u in until)
+                sample.generate(self.model, torch.tensor([ids], device=dev), min(n_new, self.max_length - len(ids)),
+                                temperature=temp, eos_token_id=self.tok.eos_id, callback=stop)
+                outs.append(sample.finish(self.tok, new, until))
             return outs
 
     _harness_class = NanoELM
     return NanoELM
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "harness":  # the official CLI with our model registered
-        harness_model_class()
-        from lm_eval.__main__ import cli_evaluate
-        sys.argv = ["lm_eval"] + sys.argv[2:]
-        cli_evaluate()
-        sys.exit(0)
-    import configurator
+def main(argv):
     # only the settings above are configurable, not the TASKS table or other module constants
-    settings = configurator.configure({**{k: globals()[k] for k in _SETTINGS}, "__file__": __file__}, sys.argv[1:])
+    settings = configurator.configure({**{k: globals()[k] for k in _SETTINGS}, "__file__": __file__}, argv)
     globals().update(settings)
     configurator.print_settings(settings)
     names = task_names(tasks) if tasks else []
     if download:  # fetch the data and stop: evaluation is a second command, possibly on another machine
-        download_tasks(names or list(TASKS), data_dir)
-        sys.exit(0)
+        return download_tasks(names or list(TASKS), data_dir)
     if not (names or ppl or text):
-        raise SystemExit("error: nothing to evaluate: pass --tasks=arc_easy,..., --ppl=data/<name> or --text=file.txt")
+        raise InputError("nothing to evaluate: pass --tasks=arc_easy,..., --ppl=data/<name> or --text=file.txt")
     if dtype not in ("float32", "bfloat16", "float16"):
-        raise SystemExit(f"error: dtype={dtype!r}: use float32, bfloat16 or float16")
+        raise InputError(f"dtype={dtype!r}: use float32, bfloat16 or float16")
     model, tok = load(init_from, tokenizer, device, dtype)
     L = max_length or model.config.block_size
     if L > model.config.block_size:
-        raise SystemExit(f"error: max_length={L} exceeds the model's block_size={model.config.block_size}: lower it")
+        raise InputError(f"max_length={L} exceeds the model's block_size={model.config.block_size}: lower it")
     report, t0 = {"config": settings}, time.time()
     if ppl:
         report["ppl"] = token_split_perplexity(model, ppl, split, L, batch_size, rolling_context, max_tokens, tok)
@@ -654,7 +663,15 @@ if __name__ == "__main__":
         report.update(res)
         print(markdown_table(res))
     if out_file:
-        with open(out_file + ".tmp", "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(out_file + ".tmp", out_file)
+        write_json(out_file, report, indent=2)
     print(f"done in {time.time() - t0:.1f}s" + (f", results in {out_file}" if out_file else ""))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "harness":  # the official CLI with our model registered
+        harness_model_class()
+        from lm_eval.__main__ import cli_evaluate
+        sys.argv = ["lm_eval"] + sys.argv[2:]
+        cli_evaluate()
+        sys.exit(0)
+    configurator.main(main, sys.argv[1:])

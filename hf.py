@@ -9,10 +9,9 @@ Hugging Face and Meta checkpoints in and out: the one file that knows external f
                          layout (config.json + transformer.* tensors, spec 1.6) that Apple's modeling code reads
 
 One explicit name map per format below. Every tensor in the files must be used, every parameter filled, each
-with the shape config.json implies; anything else stops with one line naming the file or tensor.
-
-    python hf.py --export --init_from=out/elm_tiny --out=hf/elm_tiny    # our run -> Hugging Face directory
-    python hf.py --init_from=~/models/OpenELM-270M                       # load a download and summarise it
+with the shape config.json implies; anything else stops with one line naming the file or tensor. The command
+line that exports our runs is export.py; checkpoint.load_model reads Hugging Face and Meta directories through
+here.
 """
 import glob
 import json
@@ -25,17 +24,10 @@ import time
 import torch
 import torch.nn as nn
 
-from model import ModelConfig, Transformer
-
-# -----------------------------------------------------------------------------
-# settings of the command line: override with --key=value (see configurator.py)
-init_from = ""  # what to export or check: our run/step directory, a Hugging Face or a Meta directory
-out = "hf_out"  # --export writes the Hugging Face directory here
-export = False  # True (or the bare flag --export): write init_from to out; False: load it and print a summary
-dtype = ""  # exported tensor dtype: "" keeps the model's, or float32 | bfloat16 | float16
-max_shard_gb = 5.0  # exported safetensors files are cut into shards of at most this many GB
-tokenizer = ""  # a SentencePiece tokenizer.model to use and copy when the checkpoint has none (OpenELM)
-# -----------------------------------------------------------------------------
+from configurator import InputError
+from files import atomic_write, write_json
+from model import ModelConfig, Transformer, per_layer
+from tokenizer import Tokenizer
 
 # One name map per format: our parameter -> the external tensors stacked by rows into it ({i}: layer index).
 OPENELM = {  # the Hub's OpenELM (spec 1.6): already fused; gate is the first half of proj_1 (spec trap 8)
@@ -78,18 +70,14 @@ META_CAT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|rope\.freqs)$")  # stale RoPE buffers of old converters (spec trap 15)
 
 
-def _die(msg):
-    raise SystemExit(f"error: {msg}")
-
-
 def _read_json(path):
     try:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        _die(f"{path} not found: give a Hugging Face model directory (config.json + weights) or a Meta one (params.json)")
+        raise InputError(f"{path} not found: give a Hugging Face model directory (config.json + weights) or a Meta one (params.json)")
     except json.JSONDecodeError as e:
-        _die(f"{path} is not valid JSON ({e}): download it again")
+        raise InputError(f"{path} is not valid JSON ({e}): download it again")
 
 
 def _meta_files(path):
@@ -122,21 +110,23 @@ def load_config(path):
     cfg, where = _read_json(os.path.join(path, "config.json")), os.path.join(path, "config.json")
     kind = cfg.get("model_type")
     if kind not in ("openelm", "llama"):
-        _die(f"{where} has model_type {kind!r}: nanoELM reads 'openelm' (apple/OpenELM-*) and 'llama' "
+        raise InputError(f"{where} has model_type {kind!r}: nanoELM reads 'openelm' (apple/OpenELM-*) and 'llama' "
              f"(Llama, OpenLLaMA) checkpoints")
     try:
         return _openelm_config(cfg, where) if kind == "openelm" else _llama_config(cfg, where)
     except KeyError as e:
-        _die(f"{where} lacks the field {e.args[0]!r} that a {kind} config.json has: download it again")
-    except (ValueError, TypeError) as e:
-        _die(f"{where} describes no model nanoELM can build: {e}")
+        raise InputError(f"{where} lacks the field {e.args[0]!r} that a {kind} config.json has: download it again")
+    except InputError:
+        raise
+    except (ValueError, TypeError) as e:  # ModelConfig's own checks
+        raise InputError(f"{where} describes no model nanoELM can build: {e}")
 
 
 def _openelm_config(c, where):
     if not c.get("ffn_with_glu", True) or c.get("activation_fn_name", "swish") not in ("swish", "silu"):
-        _die(f"{where}: only OpenELM's SwiGLU FFN (ffn_with_glu, swish) is supported")
+        raise InputError(f"{where}: only OpenELM's SwiGLU FFN (ffn_with_glu, swish) is supported")
     if c.get("normalization_layer_name", "rms_norm") != "rms_norm":
-        _die(f"{where}: only normalization_layer_name 'rms_norm' is supported")
+        raise InputError(f"{where}: only normalization_layer_name 'rms_norm' is supported")
     pair = lambda m: tuple(m) if isinstance(m, list) and len(m) == 2 else m  # a range (lo, hi) or a per-layer list
     config = ModelConfig(
         vocab_size=c["vocab_size"], block_size=c.get("max_context_length", 2048), n_layer=c["num_transformer_layers"],
@@ -149,7 +139,7 @@ def _openelm_config(c, where):
     dims = config.layer_dims()
     for key, j in (("num_query_heads", 0), ("num_kv_heads", 1)):
         if isinstance(c.get(key), list) and c[key] != [d[j] for d in dims]:
-            _die(f"{where}: {key}={c[key]} disagrees with the heads its multipliers give, {[d[j] for d in dims]}")
+            raise InputError(f"{where}: {key}={c[key]} disagrees with the heads its multipliers give, {[d[j] for d in dims]}")
     return config
 
 
@@ -157,9 +147,9 @@ def _llama_config(c, where):
     rope = c.get("rope_parameters") or {}  # transformers 5 nests rope_theta here; 4.x keeps it at the top
     scaling = c.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
     if scaling:
-        _die(f"{where} uses RoPE scaling {scaling}: nanoELM implements plain RoPE only")
+        raise InputError(f"{where} uses RoPE scaling {scaling}: nanoELM implements plain RoPE only")
     if c.get("hidden_act", "silu") != "silu" or c.get("attention_bias") or c.get("mlp_bias"):
-        _die(f"{where}: only SiLU and bias-free projections are supported (hidden_act, attention_bias, mlp_bias)")
+        raise InputError(f"{where}: only SiLU and bias-free projections are supported (hidden_act, attention_bias, mlp_bias)")
     n_head = c["num_attention_heads"]
     return ModelConfig(
         vocab_size=c["vocab_size"], block_size=c.get("max_position_embeddings", 2048), n_layer=c["num_hidden_layers"],
@@ -179,13 +169,13 @@ def _meta_config(path):
         vocab = sd["tok_embeddings.weight"].shape[0]
         ffn = sd["layers.0.feed_forward.w1.weight"].shape[0] * len(files)
     except KeyError as e:
-        _die(f"{files[0]} has no tensor {e.args[0]!r}: not a Meta LLaMA checkpoint")
+        raise InputError(f"{files[0]} has no tensor {e.args[0]!r}: not a Meta LLaMA checkpoint")
     try:
         return ModelConfig(vocab_size=vocab, block_size=p.get("max_seq_len", 2048), n_layer=p["n_layers"],
                            n_embd=p["dim"], n_head=p["n_heads"], n_kv_head=p.get("n_kv_heads") or p["n_heads"],
                            ffn_dim=ffn, norm_eps=p.get("norm_eps", 1e-6), rope_theta=float(p.get("rope_theta", 10000.0)))
     except KeyError as e:
-        _die(f"{path}/params.json lacks {e.args[0]!r}: download it again")
+        raise InputError(f"{path}/params.json lacks {e.args[0]!r}: download it again")
 
 
 # ----------------------------------------------------------------------------- reading tensors
@@ -199,7 +189,7 @@ def _torch_load(f):
                 raise
             return torch.load(f, map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
     except Exception as e:
-        _die(f"cannot read {f} as a weights file ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}): "
+        raise InputError(f"cannot read {f} as a weights file ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}): "
              f"download it again")
 
 
@@ -212,7 +202,7 @@ def _read_file(f):
                 for k in s.keys():
                     yield k, s.get_tensor(k)
         except Exception as e:
-            _die(f"cannot read {f} ({type(e).__name__}: {e}): download it again")
+            raise InputError(f"cannot read {f} ({type(e).__name__}: {e}): download it again")
     else:
         yield from _torch_load(f).items()
 
@@ -224,11 +214,11 @@ def _weight_files(path):
             files = sorted(set(_read_json(os.path.join(path, index))["weight_map"].values()))
             for f in files:
                 if not os.path.isfile(os.path.join(path, f)):
-                    _die(f"shard {os.path.join(path, f)} (listed in {index}) is missing: download it again")
+                    raise InputError(f"shard {os.path.join(path, f)} (listed in {index}) is missing: download it again")
             return [os.path.join(path, f) for f in files]
         if os.path.isfile(os.path.join(path, single)):
             return [os.path.join(path, single)]
-    _die(f"{path} has config.json but no weights: expected model.safetensors, pytorch_model.bin, or shards with "
+    raise InputError(f"{path} has config.json but no weights: expected model.safetensors, pytorch_model.bin, or shards with "
          f"model.safetensors.index.json / pytorch_model.bin.index.json")
 
 
@@ -241,7 +231,7 @@ def _read_meta(files):
     label = os.path.join(os.path.dirname(files[0]), "consolidated.*.pth")
     for name, t in sds[0].items():
         if any(name not in sd for sd in sds):
-            _die(f"tensor {name!r} is missing from some of {label}: download them again")
+            raise InputError(f"tensor {name!r} is missing from some of {label}: download them again")
         key = name.split(".")[-2] if name.count(".") else name
         yield label, name, torch.cat([sd[name] for sd in sds], META_CAT_DIM[key]) if key in META_CAT_DIM else t
 
@@ -272,7 +262,7 @@ def load_model(path, device="cpu", dtype=None):
     Built on the meta device and filled tensor by tensor, so a 7B model never exists twice in memory."""
     path = os.path.expanduser(str(path))
     if not is_hf_dir(path):
-        _die(f"{path} is not a Hugging Face directory (config.json with a model_type) nor a Meta one "
+        raise InputError(f"{path} is not a Hugging Face directory (config.json with a model_type) nor a Meta one "
              f"(params.json + consolidated.*.pth)")
     config = load_config(path)
     meta = _is_meta(path)
@@ -293,7 +283,7 @@ def load_model(path, device="cpu", dtype=None):
         if IGNORED.search(name) or (name == "lm_head.weight" and config.tie_embeddings):
             continue  # stale RoPE buffers; a tied model's copy of the embedding
         if name not in owner:
-            _die(f"{f}: unexpected tensor {name!r} for this config (layers={config.n_layer}, tied={config.tie_embeddings}): "
+            raise InputError(f"{f}: unexpected tensor {name!r} for this config (layers={config.n_layer}, tied={config.tie_embeddings}): "
                  f"config.json does not match the weights, or this is not an OpenELM/LLaMA checkpoint")
         ours = owner[name]
         pending.setdefault(ours, {})[name] = (f, t)
@@ -303,7 +293,7 @@ def load_model(path, device="cpu", dtype=None):
         parts = [parts[s] for s in want[ours]]
         for (f, t), src, rows in zip(parts, want[ours], _rows(model, ours, len(parts))):
             if tuple(t.shape) != (rows, *shape[1:]):
-                _die(f"{f}: tensor {src!r} has shape {tuple(t.shape)}, but the config implies {(rows, *shape[1:])}")
+                raise InputError(f"{f}: tensor {src!r} has shape {tuple(t.shape)}, but the config implies {(rows, *shape[1:])}")
         ts = [t for _, t in parts]
         if meta and ours.endswith("qkv_proj.weight"):  # Meta/EasyLM rotate interleaved pairs: permute q, k (spec 3.3)
             attn = model.get_submodule(ours[: -len(".qkv_proj.weight")])
@@ -315,7 +305,7 @@ def load_model(path, device="cpu", dtype=None):
         done.add(ours)
     missing = [s for ours, srcs in want.items() if ours not in done for s in srcs if s not in pending.get(ours, {})]
     if missing:
-        _die(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all): the download is incomplete "
+        raise InputError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all): the download is incomplete "
              f"or config.json does not match the weights")
     return model
 
@@ -326,7 +316,6 @@ def load_tokenizer(path, tokenizer=None, required=True):
     """The SentencePiece tokenizer.model of a model directory (or the file `tokenizer`), checked against the
     model's vocabulary. Callers prepend BOS with encode(text, bos=True), as LLaMA and OpenELM were trained.
     When the directory has none: an error saying how to supply one, or None if not required."""
-    import prepare
     path = os.path.expanduser(str(path))
     file = os.path.expanduser(str(tokenizer)) if tokenizer else os.path.join(path, "tokenizer.model")
     if not tokenizer and _is_meta(path) and not os.path.isfile(file):  # Meta's downloads keep it one folder up
@@ -336,18 +325,18 @@ def load_tokenizer(path, tokenizer=None, required=True):
         if not tokenizer and not required:
             return None
         if tokenizer:
-            _die(f"tokenizer file {file} not found")
+            raise InputError(f"tokenizer file {file} not found")
         if config.qkv_multipliers is not None:
-            _die(f"{path} is an OpenELM checkpoint, which ships no tokenizer: it uses Llama-2's. Copy tokenizer.model "
+            raise InputError(f"{path} is an OpenELM checkpoint, which ships no tokenizer: it uses Llama-2's. Copy tokenizer.model "
                  f"from meta-llama/Llama-2-7b-hf into {path} (or pass tokenizer=/path/to/tokenizer.model)")
         if os.path.isfile(os.path.join(path, "tokenizer.json")):
-            _die(f"{path} has only a fast tokenizer.json; nanoELM reads SentencePiece: add the model's tokenizer.model")
-        _die(f"{path} has no tokenizer.model: copy the model's SentencePiece tokenizer.model there")
-    tok = prepare.Tokenizer(file)
+            raise InputError(f"{path} has only a fast tokenizer.json; nanoELM reads SentencePiece: add the model's tokenizer.model")
+        raise InputError(f"{path} has no tokenizer.model: copy the model's SentencePiece tokenizer.model there")
+    tok = Tokenizer(file)
     # embeddings are often padded a little past the tokenizer (CoreNet's 32128 rows for 32000 pieces): allow
     # up to 128 spare rows; fewer rows than pieces, or many more, means another model's tokenizer
     if not 0 <= config.vocab_size - tok.vocab_size <= 128:
-        _die(f"tokenizer {file} has {tok.vocab_size} pieces but the model in {path} has {config.vocab_size} "
+        raise InputError(f"tokenizer {file} has {tok.vocab_size} pieces but the model in {path} has {config.vocab_size} "
              f"embedding rows: use the tokenizer the model was trained with")
     if tok.decode(tok.encode("a    b")) != "a    b":  # OpenLLaMA v1's tokenizer does this (spec 3.4)
         print(f"warning: tokenizer {file} collapses runs of spaces (OpenLLaMA v1 does): indentation is lost, "
@@ -358,10 +347,9 @@ def load_tokenizer(path, tokenizer=None, required=True):
 # ----------------------------------------------------------------------------- export
 
 def _openelm_hf_config(c, dtype):
-    from model import per_layer
     dims = c.layer_dims()
     if not (isinstance(c.qkv_multipliers, (int, float)) or len(c.qkv_multipliers) == 2):
-        _die("OpenELM's modeling code takes qkv_multipliers as a number or a (lo, hi) range, not a per-layer list")
+        raise InputError("OpenELM's modeling code takes qkv_multipliers as a number or a (lo, hi) range, not a per-layer list")
     if c.norm_eps != 1e-6:
         print(f"warning: OpenELM's modeling code fixes RMSNorm eps at 1e-6; this model uses {c.norm_eps}", file=sys.stderr)
     return {"architectures": ["OpenELMForCausalLM"], "model_type": "openelm",
@@ -401,13 +389,13 @@ def _transformers_version():
 
 def save_model(model, path, tokenizer=None, dtype=None, max_shard_size=5 * 2**30):
     """Write model as a Hugging Face directory: LlamaForCausalLM for uniform LLaMA-shaped models, the Hub's
-    OpenELM layout for layer-wise scaled ones. tokenizer (a prepare.Tokenizer or a tokenizer.model path) is
+    OpenELM layout for layer-wise scaled ones. tokenizer (a tokenizer.Tokenizer or a tokenizer.model path) is
     copied along. Each file is written under a temporary name and renamed into place."""
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
     c = model.config
     openelm = c.qkv_multipliers is not None
     if c.qk_norm and not openelm:
-        _die("a model with qk_norm but uniform layers has no Hugging Face format: transformers' Llama has no "
+        raise InputError("a model with qk_norm but uniform layers has no Hugging Face format: transformers' Llama has no "
              "QK-norm and OpenELM's code needs layer-wise scaling (qkv_multipliers)")
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or model.tok_embeddings.weight.dtype
     table = OPENELM if openelm else LLAMA
@@ -433,15 +421,15 @@ def save_model(model, path, tokenizer=None, dtype=None, max_shard_size=5 * 2**30
     from safetensors.torch import save_file
     t0 = time.time()
     for i, (fname, keys) in enumerate(zip(names, shards)):
-        _atomic(os.path.join(path, fname), lambda tmp: save_file(
+        atomic_write(os.path.join(path, fname), lambda tmp: save_file(
             {k: tensors[k].to(device="cpu", dtype=dtype).contiguous() for k in keys}, tmp, metadata={"format": "pt"}))
         if n > 1:
             print(f"wrote {fname} ({i + 1}/{n}, {time.time() - t0:.0f}s)")
     if n > 1:
         index = {"metadata": {"total_size": sum(t.numel() * dtype.itemsize for t in tensors.values())},
                  "weight_map": {k: fname for fname, keys in zip(names, shards) for k in keys}}
-        _write_json(os.path.join(path, "model.safetensors.index.json"), index)
-    _write_json(os.path.join(path, "config.json"), (_openelm_hf_config if openelm else _llama_hf_config)(c, dtype))
+        write_json(os.path.join(path, "model.safetensors.index.json"), index, indent=2)
+    write_json(os.path.join(path, "config.json"), (_openelm_hf_config if openelm else _llama_hf_config)(c, dtype), indent=2)
     tok_note = _save_tokenizer(tokenizer, path, c)
     print(f"saved {'OpenELM' if openelm else 'LLaMA'} model ({model.num_params() / 1e6:.2f}M params, {dtype}, "
           f"{n} file{'s' * (n > 1)}) to {path}{tok_note}")
@@ -450,56 +438,20 @@ def save_model(model, path, tokenizer=None, dtype=None, max_shard_size=5 * 2**30
 def _save_tokenizer(tokenizer, path, c):
     if tokenizer is None:
         return ", no tokenizer"
-    file = str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer.name  # a path or a prepare.Tokenizer
+    file = str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer.name  # a path or a tokenizer.Tokenizer
     if getattr(tokenizer, "kind", "sentencepiece") != "sentencepiece" or not os.path.isfile(file):
         print(f"warning: tokenizer {file} is not a SentencePiece file; the export carries no tokenizer", file=sys.stderr)
         return ", no tokenizer"
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(file))
     if os.path.abspath(file) != os.path.abspath(os.path.join(path, "tokenizer.model")):
-        _atomic(os.path.join(path, "tokenizer.model"), lambda tmp: shutil.copyfile(file, tmp))
+        atomic_write(os.path.join(path, "tokenizer.model"), lambda tmp: shutil.copyfile(file, tmp))
     piece = lambda i: sp.id_to_piece(i) if i >= 0 else None
     # LlamaTokenizer settings: BOS prepended, no EOS, as the models were trained and are prompted; the leading
     # space only where SentencePiece adds one (LLaMA's does, prepare.py's does not), so ids match ours exactly
-    _write_json(os.path.join(path, "tokenizer_config.json"), {
+    write_json(os.path.join(path, "tokenizer_config.json"), {
         "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
         "add_prefix_space": sp.encode("a", out_type=str)[0].startswith("\u2581"),
         "bos_token": piece(sp.bos_id()), "eos_token": piece(sp.eos_id()), "unk_token": piece(sp.unk_id()),
-        "pad_token": piece(sp.pad_id()), "model_max_length": c.block_size})
+        "pad_token": piece(sp.pad_id()), "model_max_length": c.block_size}, indent=2)
     return ", with tokenizer.model"
-
-
-def _atomic(final, write):
-    tmp = final + ".tmp"
-    write(tmp)
-    os.replace(tmp, final)
-
-
-def _write_json(path, obj):
-    _atomic(path, lambda tmp: open(tmp, "w").write(json.dumps(obj, indent=2) + "\n"))
-
-
-if __name__ == "__main__":
-    import configurator
-    argv = [a for a in sys.argv[1:] if a != "--export"]
-    export = len(argv) < len(sys.argv) - 1  # the bare flag; --export=True works through configurator too
-    configurator.configure(globals(), argv)
-    init_from = os.path.expanduser(init_from)  # the shell leaves the ~ of --init_from=~/... alone
-    if not init_from:
-        _die("give --init_from=<our run or checkpoint directory, or a Hugging Face / Meta directory>")
-    if is_hf_dir(init_from):  # external formats load here, with their tokenizer when there is one
-        model, tok = load_model(init_from), load_tokenizer(init_from, tokenizer or None, required=False)
-    else:
-        import checkpoint
-        import prepare
-        model, tok = checkpoint.load_model(init_from)
-        tok = prepare.Tokenizer(os.path.expanduser(tokenizer)) if tokenizer else tok
-    if export:
-        save_model(model, out, tokenizer=tok, dtype=dtype or None, max_shard_size=int(max_shard_gb * 2**30))
-    else:  # a summary: checks that a download loads, and shows its per-layer shapes
-        c = model.config
-        print(f"{init_from}: {model.num_params() / 1e6:.2f}M parameters, {model.tok_embeddings.weight.dtype}, "
-              f"{c.n_layer} layers, width {c.n_embd}, head_dim {c.dim_head}, vocab {c.vocab_size}, context {c.block_size}")
-        for i, (nq, nkv, ffn) in enumerate(c.layer_dims()):
-            print(f"  layer {i:2d}: {nq} query heads, {nkv} kv heads, FFN {ffn}")
-        print(f"tokenizer: {tok.name} ({tok.vocab_size} pieces)" if tok else "tokenizer: none (pass --tokenizer=...)")

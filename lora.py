@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from configurator import InputError
+
 TARGETS = ("qkv_proj", "out_proj", "gate_up_proj", "down_proj")  # every linear layer of a block
 
 
@@ -43,7 +45,7 @@ def add(model, rank, alpha, dropout=0.0, targets=",".join(TARGETS)):
     """Freeze every parameter and put an adapter on each nn.Linear whose name is in `targets`."""
     names = [t.strip() for t in targets.split(",") if t.strip()] if isinstance(targets, str) else list(targets)
     if rank < 1 or not names or any(t not in TARGETS for t in names):
-        raise SystemExit(f"error: LoRA needs lora_rank >= 1 (got {rank}) and lora_targets from {','.join(TARGETS)} "
+        raise InputError(f"LoRA needs lora_rank >= 1 (got {rank}) and lora_targets from {','.join(TARGETS)} "
                          f"(got {targets!r}): fix --lora_rank or --lora_targets")
     model.requires_grad_(False)
     for block in model.layers:

@@ -5,20 +5,20 @@ Text -> tokenizer + token files, the input of train.py and eval.py.
     python prepare.py --source=my_corpus/ --tokenizer=llama/tokenizer.model --name=mine
     python prepare.py --source=hf:HuggingFaceFW/fineweb-edu --hf_config=sample-10BT --tokenizer=tiktoken:gpt2
     python prepare.py --source=alpaca_data.json --chat_format=alpaca --tokenizer=llama2/tokenizer.model --seq_len=1024
+    python prepare.py --source=stdlib_functions --chat_format=messages --tokenizer=data/stdlib/tokenizer.model
 
-writes data/<name>/: token files (flat uint16/uint32 arrays of token ids, every document wrapped in BOS ... EOS),
-meta.json, tokenizer.model (SentencePiece only) and manifest.json, the progress record a re-run resumes from.
-With --chat_format, conversations instead: <split>.bin holds rows of seq_len tokens in the Open-Instruct template
-and <split>.mask.bin one byte per token, 1 where the token is a trained target (assistant replies and their EOS).
-train.py, sample.py, eval.py and hf.py use Tokenizer, load_tokenizer, read_meta, open_split, open_rows and
-encode_chat from here.
+writes data/<name>/ (the layout is in data.py): token files (flat uint16/uint32 arrays of token ids, every document
+wrapped in BOS ... EOS), meta.json, tokenizer.model (SentencePiece only) and manifest.json, the progress record a
+re-run resumes from. With --chat_format, conversations instead: <split>.bin holds rows of seq_len tokens in the
+Open-Instruct template (tokenizer.py) and <split>.mask.bin one byte per token, 1 where the token is a trained target
+(assistant replies and their EOS).
 """
+import ast
 import hashlib
 import io
 import itertools
 import json
 import os
-import platform
 import re
 import shutil
 import sys
@@ -28,9 +28,16 @@ from multiprocessing import Pool
 
 import numpy as np
 
+import configurator
+from configurator import InputError
+from data import read_meta, token_dtype, write_meta
+from files import atomic_write, write_json
+from tokenizer import Tokenizer, chat_text, encode_chat, turns
+
 # -----------------------------------------------------------------------------
 # settings: override with a config file or --key=value (see configurator.py)
-source = "stdlib"  # "stdlib" (this interpreter's standard library), a .txt/.jsonl/.parquet file or folder, or "hf:<dataset>"
+source = "stdlib"  # "stdlib" (this interpreter's standard library), "stdlib_functions" (an instruction set made from it), a .txt/.jsonl/.parquet file or folder, or "hf:<dataset>"
+
 name = ""  # output folder data_root/<name>; "" derives it from the source
 data_root = "data"  # where the <name> folder goes
 tokenizer = ""  # "" trains a SentencePiece BPE on the train split; or path/to/tokenizer.model; or "tiktoken:gpt2"
@@ -60,175 +67,6 @@ _CHUNK_CHARS = 4000  # SentencePiece trains on "sentences"; we give it runs of w
 _BATCH_CHARS = 4 << 20  # text per tokenizer process per round: bounds memory, keeps the progress bar moving
 
 
-class Tokenizer:
-    """One interface over a SentencePiece model file (LLaMA, OpenLLaMA, ours) and a tiktoken encoding."""
-
-    def __init__(self, spec):
-        self.spec = str(spec)
-        if self.spec.startswith("tiktoken:"):
-            self.kind, self.name = "tiktoken", self.spec
-            self._enc = _tiktoken_encoding(self.spec.split(":", 1)[1])
-            self.vocab_size = self._enc.n_vocab
-            self.bos_id = self.eos_id = self._enc.eot_token  # tiktoken's one special token, <|endoftext|>, is both
-            self.pad_id = None
-            return
-        import sentencepiece as spm
-        path = os.path.join(self.spec, "tokenizer.model") if os.path.isdir(self.spec) else self.spec
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: tokenizer file {path!r} not found: give a SentencePiece .model file, "
-                             f"'tiktoken:<encoding>', or leave --tokenizer empty to train one")
-        try:
-            self._sp = spm.SentencePieceProcessor(model_file=path)
-        except (RuntimeError, OSError) as e:
-            raise SystemExit(f"error: {path} is not a SentencePiece model ({e}): give a tokenizer.model file")
-        self.kind, self.name = "sentencepiece", path
-        self.vocab_size = self._sp.get_piece_size()
-        self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
-        self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else None  # LLaMA's has none (-1)
-
-    def encode(self, text, bos=False, eos=False, continuation=False):
-        """continuation=True: the text continues a sequence already begun (a chat turn after the first), so no
-        dummy-prefix space is added: LLaMA's SentencePiece puts a "▁" before the text of every encode call."""
-        if self.kind == "tiktoken":
-            ids = self._enc.encode_ordinary(text)
-        else:
-            ids = (self._continuation() if continuation else self._sp).encode(text)
-        return [self.bos_id] * bos + ids + [self.eos_id] * eos
-
-    def _continuation(self):
-        if not hasattr(self, "_sp_cont") and not self._sp.id_to_piece(self._sp.encode("a")[0]).startswith("▁"):
-            self._sp_cont = self._sp  # no dummy prefix to begin with (ours)
-        if not hasattr(self, "_sp_cont"):  # the same model with add_dummy_prefix off
-            import sentencepiece as spm
-            try:
-                from sentencepiece import sentencepiece_model_pb2
-            except ImportError:
-                raise SystemExit("error: encoding chat turns with this tokenizer needs protobuf: pip install protobuf")
-            proto = sentencepiece_model_pb2.ModelProto.FromString(self._sp.serialized_model_proto())
-            proto.normalizer_spec.add_dummy_prefix = False
-            self._sp_cont = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-        return self._sp_cont
-
-    def decode(self, ids):
-        ids = [int(i) for i in ids]  # numpy and torch integers in, plain ints out
-        return self._sp.decode(ids) if self.kind == "sentencepiece" else self._enc.decode(ids)
-
-    def __reduce__(self):  # pickles as its spec, so DataLoader and Pool workers can take one
-        return Tokenizer, (self.spec,)
-
-
-def _tiktoken_encoding(enc_name):
-    try:
-        import tiktoken
-    except ImportError:
-        raise SystemExit(f"error: tokenizer 'tiktoken:{enc_name}' needs the tiktoken package: pip install tiktoken")
-    if enc_name not in tiktoken.list_encoding_names():
-        raise SystemExit(f"error: unknown tiktoken encoding {enc_name!r}: use one of {tiktoken.list_encoding_names()}")
-    try:
-        return tiktoken.get_encoding(enc_name)
-    except Exception as e:  # requests' ConnectionError, an HTTP error, a bad cache: all mean "could not get the files"
-        raise SystemExit(f"error: tiktoken could not fetch the BPE files of {enc_name!r} ({type(e).__name__}; this "
-                         f"machine may be offline): copy tiktoken's cache from a connected machine and point "
-                         f"TIKTOKEN_CACHE_DIR at it")
-
-
-def read_meta(data_dir):
-    path = os.path.join(data_dir, "meta.json")
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: {path} not found: prepare the data first (python prepare.py --name=...)")
-    with open(path) as f:
-        return json.load(f)
-
-
-def load_tokenizer(data_dir):
-    """The tokenizer a data folder was prepared with."""
-    meta = read_meta(data_dir)
-    if meta["tokenizer"] == "tiktoken":
-        return Tokenizer("tiktoken:" + meta["tiktoken_encoding"])
-    return Tokenizer(os.path.join(data_dir, meta["tokenizer_file"]))
-
-
-def open_split(data_dir, split, files="files", dtype=None):
-    """A split's token files as read-only memmaps, in order (an empty split gives []); files="mask_files" and
-    dtype=np.uint8 give a chat split's masks."""
-    meta = read_meta(data_dir)
-    if split not in meta["splits"]:
-        raise SystemExit(f"error: {data_dir} has no {split!r} split: choose one of {sorted(meta['splits'])}")
-    paths = [os.path.join(data_dir, f) for f in meta["splits"][split][files]]
-    for p in paths:
-        if not os.path.isfile(p):
-            raise SystemExit(f"error: token file {p} is missing: re-run prepare.py for {data_dir}")
-    return [np.memmap(p, dtype=dtype or meta["dtype"], mode="r") for p in paths]
-
-
-def open_rows(data_dir, split):
-    """A chat split as read-only memmaps (tokens, mask), both (rows, seq_len); mask is uint8, 1 where the token is a
-    trained target. An empty split (no files: numpy cannot memory-map an empty one) gives (0, seq_len) arrays."""
-    meta = read_meta(data_dir)
-    if meta.get("layout", "stream") != "rows":
-        raise SystemExit(f"error: {data_dir} holds a token stream, not chat rows: prepare it with --chat_format=... "
-                         f"(or read it with open_split)")
-    T = meta["seq_len"]
-    tokens, mask = open_split(data_dir, split), open_split(data_dir, split, "mask_files", np.uint8)
-    if not tokens:
-        return np.zeros((0, T), meta["dtype"]), np.zeros((0, T), np.uint8)
-    return tokens[0].reshape(-1, T), mask[0].reshape(-1, T)
-
-
-# -----------------------------------------------------------------------------
-# chat: the Open-Instruct (Tulu) template, the one tokenization shared by training data and sample.py's prompts
-_ROLES = ("system", "user", "assistant")
-
-
-def _turns(messages, where="chat"):
-    """[(role, content)] from {"role", "content"} dicts or (role, content) pairs, checked."""
-    turns = []
-    for j, m in enumerate(messages):
-        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else \
-            tuple(m) if isinstance(m, (list, tuple)) and len(m) == 2 else (None, None)
-        if role not in _ROLES:
-            raise SystemExit(f"error: {where}, message {j}: role {role!r} is not system, user or assistant: fix the data")
-        if not isinstance(content, str):
-            raise SystemExit(f"error: {where}, message {j}: content is {type(content).__name__}, not a string: fix the data")
-        turns.append((role, content))
-    return turns
-
-
-def _segments(messages, add_generation_prompt, where="chat"):
-    """The template as (text, trained) pieces, text None for EOS. Each piece is tokenized on its own, so the mask
-    boundary is exact and a conversation's prefix tokenizes as the prompt that asks for its next reply. The "\\n"
-    after an EOS opens the next piece: the reply's last target is the EOS, which ends generation."""
-    pieces, nl = [], ""
-    for role, content in _turns(messages, where):
-        if role == "assistant":
-            pieces += [(nl + "<|assistant|>\n", False), (content.strip(), True), (None, True)]
-        else:
-            pieces.append((f"{nl}<|{role}|>\n{content.strip()}\n", False))
-        nl = "\n" if role == "assistant" else ""
-    if add_generation_prompt:
-        pieces.append((nl + "<|assistant|>\n", False))
-    elif nl:
-        pieces.append((nl, False))
-    return pieces
-
-
-def chat_text(messages, eos="</s>", add_generation_prompt=False):
-    """The template as text: "<|user|>\\n{msg}\\n<|assistant|>\\n{reply}</s>\\n..." (for display and tests)."""
-    return "".join(eos if t is None else t for t, _ in _segments(messages, add_generation_prompt))
-
-
-def encode_chat(tok, messages, add_generation_prompt=False, where="chat"):
-    """(ids, mask) of a conversation: BOS, then the template piece by piece, each assistant turn ending in the real EOS
-    id (SentencePiece would spell "</s>" out as text). mask[t] is True where token t is a trained target: the
-    assistant's content and its EOS, never a header. add_generation_prompt ends with the "<|assistant|>\\n" header."""
-    ids, mask = [tok.bos_id], [False]
-    for text, trained in _segments(messages, add_generation_prompt, where):
-        piece = [tok.eos_id] if text is None else tok.encode(text, continuation=len(ids) > 1)
-        ids += piece
-        mask += [trained] * len(piece)
-    return ids, mask
-
-
 # -----------------------------------------------------------------------------
 # sources: (key, text) per document in a fixed order; the key alone decides the split
 
@@ -253,7 +91,7 @@ def source_files(src, exts=extensions):
     elif os.path.isfile(src):
         return os.path.dirname(src) or ".", [src]
     else:
-        raise SystemExit(f"error: source {src!r} not found: give 'stdlib', an existing .txt/.jsonl/.parquet file "
+        raise InputError(f"source {src!r} not found: give 'stdlib', an existing .txt/.jsonl/.parquet file "
                          f"or folder, or 'hf:<dataset>'")
     files = []
     for d, dirs, names in os.walk(root):  # top-down, so sorting dirs in place fixes the whole order
@@ -285,6 +123,8 @@ def documents(src, text_field="text", exts=extensions, doc_separator="", hf_conf
                     continue
                 rows = text.split(doc_separator)
             yield from ((f"{rel}#{i}", t) for i, t in enumerate(rows) if t)
+        except InputError:  # a ValueError too, but the user's to fix, not a file to skip
+            raise
         except (OSError, ValueError) as e:  # ValueError: UnicodeDecodeError, pyarrow's ArrowInvalid
             skipped.append((path, type(e).__name__))
 
@@ -305,7 +145,7 @@ def _jsonl_rows(path, field, skipped):
     for lineno, row in _jsonl_records(path, skipped):
         if not isinstance(row, dict) or field not in row:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise SystemExit(f"error: {path}:{lineno} has no {field!r} field (it has {keys}): set --text_field")
+            raise InputError(f"{path}:{lineno} has no {field!r} field (it has {keys}): set --text_field")
         yield row[field] or ""
 
 
@@ -314,10 +154,10 @@ def _parquet_rows(path, field=None):
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise SystemExit(f"error: reading {path} needs pyarrow: pip install pyarrow")
+        raise InputError(f"reading {path} needs pyarrow: pip install pyarrow")
     pf = pq.ParquetFile(path)
     if field is not None and field not in pf.schema_arrow.names:
-        raise SystemExit(f"error: {path} has no {field!r} column (it has {pf.schema_arrow.names}): set --text_field")
+        raise InputError(f"{path} has no {field!r} column (it has {pf.schema_arrow.names}): set --text_field")
     for batch in pf.iter_batches(batch_size=1024, columns=field and [field]):  # a batch at a time: bounded memory
         yield from (batch.to_pylist() if field is None else (t or "" for t in batch.column(0).to_pylist()))
 
@@ -325,7 +165,7 @@ def _parquet_rows(path, field=None):
 def _hf_documents(dataset, field, config, split):
     for i, row in enumerate(_hf_rows(dataset, config, split)):
         if field not in row:
-            raise SystemExit(f"error: {dataset} rows have no {field!r} field (they have {sorted(row)}): set --text_field")
+            raise InputError(f"{dataset} rows have no {field!r} field (they have {sorted(row)}): set --text_field")
         if row[field]:
             yield str(row.get("id", i)), row[field]  # a row id survives reordering; else its position
 
@@ -334,12 +174,12 @@ def _hf_rows(dataset, config, split):
     try:
         import datasets
     except ImportError:
-        raise SystemExit(f"error: --source=hf:{dataset} needs the datasets package: pip install datasets")
+        raise InputError(f"--source=hf:{dataset} needs the datasets package: pip install datasets")
     try:
         yield from datasets.load_dataset(dataset, config or None, split=split, streaming=True)
     except Exception as e:  # offline, a wrong name or config, a dropped connection mid-stream
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise SystemExit(f"error: cannot stream Hugging Face dataset {dataset!r} ({msg}): check the name, "
+        raise InputError(f"cannot stream Hugging Face dataset {dataset!r} ({msg}): check the name, "
                          f"--hf_config and the network (offline machines need a local copy: --source=path)")
 
 
@@ -355,6 +195,9 @@ def _records(src, hf_config="", hf_split="train", skipped=None):
         for i, row in enumerate(_hf_rows(src[3:], hf_config, hf_split)):
             yield str(row.get("id", i)), f"{src} row {i}", row
         return
+    if src == "stdlib_functions":
+        yield from _stdlib_functions()
+        return
     root, files = source_files(src, ".json .jsonl .parquet")
     for path in files:
         rel = os.path.relpath(path, root).replace(os.sep, "/")
@@ -367,24 +210,47 @@ def _records(src, hf_config="", hf_split="train", skipped=None):
                 with open(path, encoding="utf-8") as f:
                     data = json.load(f)
                 if not isinstance(data, list):
-                    raise SystemExit(f"error: {path} holds a JSON {type(data).__name__}, not a list of records: "
+                    raise InputError(f"{path} holds a JSON {type(data).__name__}, not a list of records: "
                                      f"give a list, or one record per line as .jsonl")
                 rows = ((f"{path}[{i}]", r) for i, r in enumerate(data))
             yield from ((f"{rel}#{i}", where, r) for i, (where, r) in enumerate(rows))
+        except InputError:
+            raise
         except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
             skipped.append((path, type(e).__name__))
 
 
+def _stdlib_functions(max_chars=600):
+    """An instruction set built offline from this Python's standard library, as messages records: for each top-level
+    function with a docstring and at most max_chars of source, the user asks for it by its signature and the
+    docstring's first line, and the reply is its source."""
+    root, files = source_files("stdlib")
+    for file in files:
+        try:
+            src = open(file, encoding="utf-8").read()
+            tree = ast.parse(src)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        rel = os.path.relpath(file, root).replace(os.sep, "/")
+        for node in tree.body:
+            doc = ast.get_docstring(node) if isinstance(node, ast.FunctionDef) else None
+            code = ast.get_source_segment(src, node) if doc and doc.strip() else None
+            if code and len(code) <= max_chars:
+                ask = f"Write a Python function {node.name}({ast.unparse(node.args)}): {doc.strip().splitlines()[0]}"
+                yield f"{rel}#{node.name}", f"{file}:{node.lineno}", {
+                    "messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": code}]}
+
+
 def _field(rec, name, where, fmt, kind=str, default=None):
     if not isinstance(rec, dict):
-        raise SystemExit(f"error: {where} is a JSON {type(rec).__name__}, not an object: fix the data")
+        raise InputError(f"{where} is a JSON {type(rec).__name__}, not an object: fix the data")
     if rec.get(name) is None:
         if default is not None:
             return default
-        raise SystemExit(f"error: {where} has no {name!r} field (it has {sorted(rec)}), which --chat_format={fmt} "
+        raise InputError(f"{where} has no {name!r} field (it has {sorted(rec)}), which --chat_format={fmt} "
                          f"needs: set the right --chat_format ({', '.join(CHAT_FORMATS)}; --messages_field) or fix the data")
     if not isinstance(rec[name], kind):
-        raise SystemExit(f"error: {where}: {name!r} is a {type(rec[name]).__name__}, not a {kind.__name__}: fix the data")
+        raise InputError(f"{where}: {name!r} is a {type(rec[name]).__name__}, not a {kind.__name__}: fix the data")
     return rec[name]
 
 
@@ -406,7 +272,7 @@ def _oasst1(rec, where, fmt):
     while node is not None:
         role = {"prompter": "user", "assistant": "assistant"}.get(_field(node, "role", where, fmt))
         if role is None:
-            raise SystemExit(f"error: {where}: oasst1 role {node['role']!r} is not prompter or assistant: fix the data")
+            raise InputError(f"{where}: oasst1 role {node['role']!r} is not prompter or assistant: fix the data")
         turns.append((role, _field(node, "text", where, fmt)))
         node = min(_field(node, "replies", where, fmt, list, []), key=_rank, default=None)
     return turns[:-1] if turns[-1][0] == "user" else turns  # a question nobody answered teaches nothing
@@ -431,7 +297,7 @@ def chat_format_of(rec, messages_field="messages", where="the first record"):
            "dolly" if {"instruction", "response"} <= keys else "oasst1" if {"message_id", "parent_id"} <= keys or
            isinstance(rec, dict) and isinstance(rec.get("prompt"), dict) else None)
     if fmt is None:
-        raise SystemExit(f"error: cannot tell the chat format of {where} from its keys {sorted(keys)}: set "
+        raise InputError(f"cannot tell the chat format of {where} from its keys {sorted(keys)}: set "
                          f"--chat_format to one of {', '.join(CHAT_FORMATS)} (and --messages_field for messages)")
     return fmt
 
@@ -441,7 +307,7 @@ def conversations(src, chat_format="auto", messages_field="messages", hf_config=
     recs = _records(src, hf_config, hf_split, skipped)
     first = next(recs, None)
     if first is None:
-        raise SystemExit(f"error: no records in {src}: give a .json list, .jsonl or .parquet file or folder, or hf:<dataset>")
+        raise InputError(f"no records in {src}: give a .json list, .jsonl or .parquet file or folder, or hf:<dataset>")
     fmt = chat_format_of(first[2], messages_field, first[1]) if chat_format == "auto" else chat_format
     recs = itertools.chain([first], recs)
     if fmt == "oasst1" and isinstance(first[2], dict) and "prompt" not in first[2]:
@@ -452,11 +318,11 @@ def conversations(src, chat_format="auto", messages_field="messages", hf_config=
                "messages": lambda r, w: _field(r, messages_field, w, fmt, list)}[fmt]
 
     def checked(key, where, rec):
-        turns = _turns(convert(rec, where), where)
-        if not any(role == "assistant" for role, _ in turns):
-            raise SystemExit(f"error: {where} has no assistant turn, so nothing to train on: fix the data (or check "
+        conv = turns(convert(rec, where), where)
+        if not any(role == "assistant" for role, _ in conv):
+            raise InputError(f"{where} has no assistant turn, so nothing to train on: fix the data (or check "
                              f"--chat_format={fmt}, --messages_field={messages_field})")
-        return key, where, turns
+        return key, where, conv
     return fmt, (checked(*r) for r in recs)
 
 
@@ -487,7 +353,7 @@ def train_tokenizer(texts, path, vocab_size=8192, max_sentences=25_000, num_thre
     import sentencepiece as spm
     sentences = list(itertools.islice((c for t in texts for c in _chunks(t)), max_sentences))
     if not sentences:
-        raise SystemExit("error: no text to train the tokenizer on: check the source (is the train split empty?)")
+        raise InputError("no text to train the tokenizer on: check the source (is the train split empty?)")
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -497,40 +363,26 @@ def train_tokenizer(texts, path, vocab_size=8192, max_sentences=25_000, num_thre
             max_sentence_length=4 * _CHUNK_CHARS, num_threads=num_threads, unk_id=0, bos_id=1, eos_id=2,
             pad_id=-1, minloglevel=2)
     except RuntimeError as e:  # e.g. "Vocabulary size too high (8192). Please set it to a value <= 3021."
-        raise SystemExit(f"error: SentencePiece training failed: {str(e).strip()}: adjust --vocab_size or give more text")
-    _atomic_write(path, model.getvalue())
+        raise InputError(f"SentencePiece training failed: {str(e).strip()}: adjust --vocab_size or give more text")
+    atomic_write(path, model.getvalue())
     return len(sentences), sum(map(len, sentences))
+
 
 
 # -----------------------------------------------------------------------------
 # token files
 
 
-def token_dtype(vocab, choice="auto"):
-    if choice not in ("auto", "uint16", "uint32"):
-        raise SystemExit(f"error: dtype={choice!r}: use 'auto', 'uint16' or 'uint32'")
-    if choice == "uint16" and vocab > 2**16:
-        raise SystemExit(f"error: a vocabulary of {vocab} tokens does not fit uint16 (at most 65536): use --dtype=auto")
-    return "uint16" if choice == "uint16" or (choice == "auto" and vocab <= 2**16) else "uint32"
-
-
-def _atomic_write(path, data):
-    with open(path + ".tmp", "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-
-
 class _SplitWriter:
     """Appends one split's token stream to <split>_NNN.bin shards of exactly shard_tokens tokens (the last one
     shorter), each written under a temporary name and renamed when full. A finished shard records where the next
     one starts in the document stream (document index, tokens of it already written) and the running document
-    and byte counts, so a re-run restarts there without re-tokenizing what came before."""
+    and byte counts, so a re-run restarts there without re-tokenizing what came before. The records are the
+    manifest's own list for this split, saved each time a shard is finished."""
 
-    def __init__(self, out_dir, split, shard_tokens, done, on_shard):
-        self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
-        self.done, self.on_shard, self.f, self.n = list(done), on_shard, None, 0
+    def __init__(self, out_dir, split, shard_tokens, manifest):
+        self.out_dir, self.split, self.shard_tokens, self.manifest = out_dir, split, shard_tokens, manifest
+        self.done, self.f, self.n = manifest["splits"][split], None, 0
         last = self.done[-1] if self.done else {"next_doc": 0, "skip": 0, "documents": 0, "bytes": 0}
         self.next_doc, self.skip, self.documents, self.bytes = (last[k] for k in ("next_doc", "skip", "documents", "bytes"))
 
@@ -562,7 +414,7 @@ class _SplitWriter:
         self.next_doc, self.skip, self.f = next_doc, skip, None
         self.done.append({"file": os.path.basename(path), "tokens": self.n, "next_doc": next_doc, "skip": skip,
                           "documents": self.documents, "bytes": self.bytes})
-        self.on_shard()
+        write_json(os.path.join(self.out_dir, "manifest.json"), self.manifest)
 
     def finish(self, n_docs):
         if self.f is not None:
@@ -572,6 +424,8 @@ class _SplitWriter:
             self.done[0]["file"] = f"{self.split}.bin"
         return {"files": [d["file"] for d in self.done], "tokens": sum(d["tokens"] for d in self.done),
                 "documents": self.documents, "bytes": self.bytes}
+
+
 
 
 def _clear(out_dir, fingerprint):
@@ -606,6 +460,8 @@ def _rows(convs, seq_len, packing="padded", pad_id=0, dtype="uint16"):
     return tokens, trained
 
 
+
+
 # -----------------------------------------------------------------------------
 # the pipeline
 
@@ -622,8 +478,7 @@ def _install_tokenizer(out_dir, tok, train_texts, s, keep=False):
     model_path = os.path.join(out_dir, "tokenizer.model")
     if tok is not None and tok.kind == "sentencepiece":
         if not (os.path.isfile(model_path) and os.path.samefile(tok.name, model_path)):
-            shutil.copyfile(tok.name, model_path + ".tmp")
-            os.replace(model_path + ".tmp", model_path)
+            atomic_write(model_path, lambda tmp: shutil.copyfile(tok.name, tmp))
     elif tok is None and not (keep and os.path.isfile(model_path)):
         t0 = time.time()
         print(f"training a {s['vocab_size']}-piece SentencePiece BPE on the train split of {s['source']} ...")
@@ -632,50 +487,47 @@ def _install_tokenizer(out_dir, tok, train_texts, s, keep=False):
     return tok if tok is not None and tok.kind == "tiktoken" else Tokenizer(model_path)
 
 
-def _write_meta(out_dir, tok, dt, src, splits, **layout):
-    meta = {"tokenizer": tok.kind, "tokenizer_file": "tokenizer.model" if tok.kind == "sentencepiece" else None,
-            "tiktoken_encoding": tok.spec.split(":", 1)[1] if tok.kind == "tiktoken" else None,
-            "vocab_size": tok.vocab_size, "dtype": dt, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
-            "source": f"stdlib:{platform.python_version()}" if src == "stdlib" else src, "splits": splits, **layout}
-    _atomic_write(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1))
-    return meta
-
-
-def prepare_data(out_dir, **overrides):
-    """Prepare one data folder; keyword arguments override the module settings. Returns meta.json's dict."""
+def _settings(overrides):
+    """The module settings with keyword overrides, checked before any work."""
     s = {k: overrides.pop(k, globals()[k]) for k in _SETTINGS}
     if overrides:
         raise TypeError(f"unknown settings {sorted(overrides)}")
-    src, tok_spec, fractions = s["source"], s["tokenizer"], (s["val_fraction"], s["test_fraction"])
+    fractions = (s["val_fraction"], s["test_fraction"])
     if min(fractions) < 0 or sum(fractions) >= 1:
-        raise SystemExit("error: val_fraction and test_fraction must be >= 0 and sum to less than 1")
+        raise InputError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
     if s["shard_tokens"] < 1 or s["num_proc"] < 1:
-        raise SystemExit("error: shard_tokens and num_proc must be at least 1")
-    token_dtype(0, s["dtype"])  # checks the choice before any work
-    chat = s["chat_format"]
+        raise InputError("shard_tokens and num_proc must be at least 1")
+    token_dtype(0, s["dtype"])
+    src, chat = s["source"], s["chat_format"]
     if chat:
         for key, allowed in (("chat_format", ("auto",) + CHAT_FORMATS), ("packing", ("padded", "packed")),
                              ("overlong", ("error", "drop", "truncate"))):
             if s[key] not in allowed:
-                raise SystemExit(f"error: {key}={s[key]!r}: use one of {', '.join(allowed)}")
+                raise InputError(f"{key}={s[key]!r}: use one of {', '.join(allowed)}")
         if s["seq_len"] < 2 or src == "stdlib":
-            raise SystemExit("error: chat data needs seq_len >= 2 and a --source of conversations (.json, .jsonl, "
-                             ".parquet, a folder of them, or hf:<dataset>)")
-    if not src.startswith("hf:"):
+            raise InputError("chat data needs seq_len >= 2 and a --source of conversations (.json, .jsonl, "
+                             ".parquet, a folder of them, stdlib_functions or hf:<dataset>)")
+    elif src == "stdlib_functions":
+        raise InputError("--source=stdlib_functions is an instruction set: add --chat_format=messages")
+    if not src.startswith("hf:") and src != "stdlib_functions":
         source_files(src, ".json .jsonl .parquet" if chat else s["extensions"])  # a missing path fails here, early
-    tok = Tokenizer(tok_spec) if tok_spec else None  # so do a missing tokenizer file and an offline tiktoken
-    if chat:
-        return _prepare_chat(out_dir, s, tok)
-    docs = lambda skipped=None: itertools.islice(documents(
-        src, s["text_field"], s["extensions"], s["doc_separator"], s["hf_config"], s["hf_split"], skipped),
-        s["max_documents"] or None)
+    return s
 
-    # the manifest: what a previous run with the same settings finished
-    os.makedirs(out_dir, exist_ok=True)
+
+def _documents(s, skipped=None):
+    return itertools.islice(documents(s["source"], s["text_field"], s["extensions"], s["doc_separator"],
+                                      s["hf_config"], s["hf_split"], skipped), s["max_documents"] or None)
+
+
+def _train_texts(s):
+    return (text for key, text in _documents(s) if split_of(key, s["val_fraction"], s["test_fraction"]) == "train")
+
+
+def _manifest(out_dir, s):
+    """(manifest, resume): what a previous run with the same settings finished, or a fresh start."""
     fingerprint = {k: v for k, v in s.items() if k not in ("name", "data_root", "num_proc")}
-    manifest_path, model_path = os.path.join(out_dir, "manifest.json"), os.path.join(out_dir, "tokenizer.model")
     try:
-        with open(manifest_path) as f:
+        with open(os.path.join(out_dir, "manifest.json")) as f:
             manifest = json.load(f)
     except (OSError, ValueError):
         manifest = {}
@@ -685,73 +537,86 @@ def prepare_data(out_dir, **overrides):
         if manifest:
             print(f"{out_dir}: settings or files changed since the last run, starting over")
         manifest = _clear(out_dir, fingerprint)
-    save_manifest = lambda: _atomic_write(manifest_path, json.dumps(manifest, indent=1))
+    return manifest, resume
 
-    train_docs = lambda: (t for k, t in docs() if split_of(k, *fractions) == "train")
-    tok = _install_tokenizer(out_dir, tok, train_docs, s, keep=resume)
-    tok_id = tok.spec if tok.kind == "tiktoken" else hashlib.sha256(open(model_path, "rb").read()).hexdigest()
-    if manifest.get("tokenizer") not in (None, tok_id):  # token files made with another tokenizer are useless
-        print(f"{out_dir}: the tokenizer changed since the last run, starting over")
-        manifest = _clear(out_dir, fingerprint)
-    manifest["tokenizer"] = tok_id
-    dt = token_dtype(tok.vocab_size, s["dtype"])
-    if manifest["complete"]:
-        print(f"{out_dir} is up to date (delete its manifest.json to redo it)")
-        return read_meta(out_dir)
-    save_manifest()
 
-    # tokenize: documents stream through in order, each to its split's writer; finished shards are skipped
+def _encode(batch, pool, num_proc, writers):
+    """Tokenize a batch of (document index, split, text) across the pool, in order into the writers; returns
+    the number of tokens."""
+    texts, n_parts = [t for _, _, t in batch], 4 * num_proc
+    parts = [texts[i::n_parts] for i in range(n_parts)]  # strided, so long documents spread over processes
+    encoded = pool.map(_encode_batch, parts) if pool else [_encode_batch(p) for p in parts]
+    tokens = 0
+    for j, (doc, split, _) in enumerate(batch):
+        ids, nbytes = encoded[j % n_parts][j // n_parts]
+        writers[split].add(doc, ids, nbytes)
+        tokens += len(ids)
+    return tokens
+
+
+def _tokenize(out_dir, s, tok, dt, manifest):
+    """Documents stream through in order, each to its split's writer; shards a previous run finished are skipped.
+    Returns (split -> finished writer, documents seen, skipped inputs, tokens written now)."""
     from tqdm import tqdm
-
-    def on_shard():
-        manifest["splits"] = {k: w.done for k, w in writers.items()}
-        save_manifest()
-
-    writers = {k: _SplitWriter(out_dir, k, s["shard_tokens"], manifest["splits"][k], on_shard) for k in _SPLITS}
-    files = [] if src.startswith("hf:") else source_files(src, s["extensions"])[1]
+    writers = {k: _SplitWriter(out_dir, k, s["shard_tokens"], manifest) for k in _SPLITS}
+    files = [] if s["source"].startswith("hf:") else source_files(s["source"], s["extensions"])[1]
     known = files and not s["doc_separator"] and not any(f.endswith((".jsonl", ".parquet")) for f in files)
     bar = tqdm(total=len(files) if known else None, unit="doc", desc=f"tokenizing ({s['num_proc']} proc)")
-    skipped, batch, chars, tokens, n_seen, t0 = [], [], 0, 0, 0, time.time()
+    skipped, batch, chars, tokens, n_seen = [], [], 0, 0, 0
     pool = Pool(s["num_proc"], _init_worker, (tok, dt)) if s["num_proc"] > 1 else None
     _init_worker(tok, dt)
-
-    def flush():
-        nonlocal tokens
-        texts, n_parts = [t for _, _, t in batch], 4 * s["num_proc"]
-        parts = [texts[i::n_parts] for i in range(n_parts)]  # strided, so long documents spread over processes
-        encoded = pool.map(_encode_batch, parts) if pool else [_encode_batch(p) for p in parts]
-        for j, (doc, split, _) in enumerate(batch):
-            ids, nbytes = encoded[j % n_parts][j // n_parts]
-            writers[split].add(doc, ids, nbytes)
-            tokens += len(ids)
-        bar.set_postfix(tokens=f"{tokens:,}", refresh=False)
-        batch.clear()
-
     try:
-        for i, (key, text) in enumerate(docs(skipped)):
+        for i, (key, text) in enumerate(_documents(s, skipped)):
             bar.update(1)
-            n_seen, split = i + 1, split_of(key, *fractions)
+            n_seen, split = i + 1, split_of(key, s["val_fraction"], s["test_fraction"])
             if i < writers[split].next_doc:
                 continue  # already in a finished shard
             batch.append((i, split, text))
             chars += len(text)
             if chars >= _BATCH_CHARS * s["num_proc"]:
-                flush()
-                chars = 0
-        flush()
+                tokens += _encode(batch, pool, s["num_proc"], writers)
+                bar.set_postfix(tokens=f"{tokens:,}", refresh=False)
+                batch, chars = [], 0
+        tokens += _encode(batch, pool, s["num_proc"], writers)
         bar.total = bar.n if bar.total else None  # empty and skipped files never came through as documents
     finally:
         bar.close()
         if pool:
             pool.terminate()
+    return writers, n_seen, skipped, tokens
+
+
+def prepare_data(out_dir, **overrides):
+    """Prepare one data folder; keyword arguments override the module settings. Returns meta.json's dict."""
+    s = _settings(overrides)
+    tok = Tokenizer(s["tokenizer"]) if s["tokenizer"] else None  # a missing file or an offline tiktoken fails here
+    os.makedirs(out_dir, exist_ok=True)
+    if s["chat_format"]:
+        return _prepare_chat(out_dir, s, tok)
+    manifest, resume = _manifest(out_dir, s)
+    tok = _install_tokenizer(out_dir, tok, lambda: _train_texts(s), s, keep=resume)
+    model_path = os.path.join(out_dir, "tokenizer.model")
+    tok_id = tok.spec if tok.kind == "tiktoken" else hashlib.sha256(open(model_path, "rb").read()).hexdigest()
+    if manifest.get("tokenizer") not in (None, tok_id):  # token files made with another tokenizer are useless
+        print(f"{out_dir}: the tokenizer changed since the last run, starting over")
+        manifest = _clear(out_dir, manifest["settings"])
+    manifest["tokenizer"] = tok_id
+    dt = token_dtype(tok.vocab_size, s["dtype"])
+    if manifest["complete"]:
+        print(f"{out_dir} is up to date (delete its manifest.json to redo it)")
+        return read_meta(out_dir)
+    write_json(os.path.join(out_dir, "manifest.json"), manifest)
+
+    t0 = time.time()
+    writers, n_seen, skipped, tokens = _tokenize(out_dir, s, tok, dt, manifest)
     seconds = time.time() - t0
     if sum(w.documents for w in writers.values()) == 0:
-        raise SystemExit(f"error: no documents in {src} ({len(skipped)} inputs skipped as unreadable or not UTF-8): "
+        raise InputError(f"no documents in {s['source']} ({len(skipped)} inputs skipped as unreadable or not UTF-8): "
                          f"check the path, --extensions and --text_field")
     splits = {k: w.finish(n_seen) for k, w in writers.items()}
-    meta = _write_meta(out_dir, tok, dt, src, splits, layout="stream")
-    manifest["splits"], manifest["complete"] = {k: w.done for k, w in writers.items()}, True
-    save_manifest()
+    meta = write_meta(out_dir, splits, tok, dt, s["source"])
+    manifest["complete"] = True
+    write_json(os.path.join(out_dir, "manifest.json"), manifest)
 
     for k in ("val", "test"):
         if not splits[k]["documents"] and s[f"{k}_fraction"] > 0:
@@ -767,33 +632,36 @@ def prepare_data(out_dir, **overrides):
     return meta
 
 
+def _conversations(s, skipped=None):
+    fmt, it = conversations(s["source"], s["chat_format"], s["messages_field"], s["hf_config"], s["hf_split"], skipped)
+    return fmt, itertools.islice(it, s["max_documents"] or None)
+
+
+def _chat_train_texts(s):
+    return (chat_text(conv, eos="") for key, _, conv in _conversations(s)[1]
+            if split_of(key, s["val_fraction"], s["test_fraction"]) == "train")
+
+
 def _prepare_chat(out_dir, s, tok):
     """Conversations -> <split>.bin rows of seq_len tokens + <split>.mask.bin. Chat sets fit in memory (Tulu v2's
     ~0.4B tokens as ~3 bytes a token): everything is held, then written in one go, each file under a temporary name;
     a re-run redoes it all identically."""
     src, fractions, T, skipped = s["source"], (s["val_fraction"], s["test_fraction"]), s["seq_len"], []
-
-    def convs(skipped=None):
-        fmt, it = conversations(src, s["chat_format"], s["messages_field"], s["hf_config"], s["hf_split"], skipped)
-        return fmt, itertools.islice(it, s["max_documents"] or None)
-
-    os.makedirs(out_dir, exist_ok=True)
     _clear(out_dir, None)  # no stale meta.json over half-written files, no shards of an earlier text run
-    train_texts = lambda: (chat_text(t, eos="") for k, _, t in convs()[1] if split_of(k, *fractions) == "train")
-    tok = _install_tokenizer(out_dir, tok, train_texts, s)
+    tok = _install_tokenizer(out_dir, tok, lambda: _chat_train_texts(s), s)
     dt, pad = token_dtype(tok.vocab_size, s["dtype"]), tok.eos_id if tok.pad_id is None else tok.pad_id
 
     from tqdm import tqdm
-    fmt, it = convs(skipped)
+    fmt, it = _conversations(s, skipped)
     kept = {k: [] for k in _SPLITS}
     count = {k: {"dropped": 0, "truncated": 0} for k in _SPLITS}
     with tqdm(it, unit="conv", desc="tokenizing", leave=False, disable=None) as bar:  # a terminal only; erased on error
-        for key, where, turns in bar:
+        for key, where, conv in bar:
             split = split_of(key, *fractions)
-            ids, mask = encode_chat(tok, turns, where=where)
+            ids, mask = encode_chat(tok, conv, where=where)
             if len(ids) > T:
                 if s["overlong"] == "error":
-                    raise SystemExit(f"error: {where} is {len(ids):,} tokens, more than seq_len={T}: raise --seq_len, "
+                    raise InputError(f"{where} is {len(ids):,} tokens, more than seq_len={T}: raise --seq_len, "
                                      f"or --overlong=drop to skip such conversations, or --overlong=truncate to cut them")
                 if s["overlong"] == "drop" or not any(mask[:T]):  # cut before its first reply: nothing left to learn
                     count[split]["dropped"] += 1
@@ -802,7 +670,7 @@ def _prepare_chat(out_dir, s, tok):
                 count[split]["truncated"] += 1
             kept[split].append((np.array(ids, dt), np.array(mask, np.uint8)))  # ~3 bytes a token, not ~40
     if not any(kept.values()):
-        raise SystemExit(f"error: no conversations left in {src} ({sum(c['dropped'] for c in count.values())} dropped "
+        raise InputError(f"no conversations left in {src} ({sum(c['dropped'] for c in count.values())} dropped "
                          f"as longer than seq_len={T}): raise --seq_len or use --overlong=truncate")
 
     splits = {}
@@ -810,10 +678,10 @@ def _prepare_chat(out_dir, s, tok):
         tokens, mask = _rows(kept[k], T, s["packing"], pad, dt)
         files = [f"{k}.bin", f"{k}.mask.bin"] if len(tokens) else []  # numpy cannot memory-map an empty file
         for f, a in zip(files, (tokens, mask)):
-            _atomic_write(os.path.join(out_dir, f), a.tobytes())
+            atomic_write(os.path.join(out_dir, f), a.tobytes())
         splits[k] = {"files": files[:1], "mask_files": files[1:], "documents": len(kept[k]), "rows": len(tokens),
                      "tokens": sum(len(ids) for ids, _ in kept[k]), "trained_tokens": int(mask.sum()), **count[k]}
-    meta = _write_meta(out_dir, tok, dt, src, splits, layout="rows", seq_len=T, packing=s["packing"], chat_format=fmt)
+    meta = write_meta(out_dir, splits, tok, dt, src, layout="rows", seq_len=T, packing=s["packing"], chat_format=fmt)
 
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable or non-JSON inputs, first {skipped[0][0]} ({skipped[0][1]})")
@@ -825,7 +693,11 @@ def _prepare_chat(out_dir, s, tok):
     return meta
 
 
+
+def main(argv):
+    configurator.configure(globals(), argv)
+    return prepare_data(os.path.join(data_root, name or default_name(source, hf_config)))
+
+
 if __name__ == "__main__":
-    import configurator
-    configurator.configure(globals(), sys.argv[1:])
-    prepare_data(os.path.join(data_root, name or default_name(source, hf_config)))
+    configurator.main(main, sys.argv[1:])

@@ -21,6 +21,10 @@ import time
 import torch
 from torch.nn import functional as F
 
+import configurator
+from configurator import InputError
+from tokenizer import encode_chat
+
 # ----------------------------------------------------------------------------- settings
 init_from = "out/elm_tiny"  # one of our run or checkpoint directories, or a Hugging Face directory
 tokenizer = ""  # "" = the checkpoint's; else a tokenizer.model file or a data directory holding one
@@ -158,15 +162,15 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     B, T = idx.shape
     block, V = model.config.block_size, model.config.vocab_size
     if T >= block:
-        raise SystemExit(f"error: the prompt has {T} tokens but the model's context is {block}: shorten it")
+        raise InputError(f"the prompt has {T} tokens but the model's context is {block}: shorten it")
     if T + max_new_tokens > block:
         print(f"note: max_new_tokens cut from {max_new_tokens} to {block - T} to fit the context of {block}", file=sys.stderr)
         max_new_tokens = block - T
     speculate = bool(prompt_lookup_num_tokens) or assistant_model is not None
     if speculate and B != 1:
-        raise SystemExit(f"error: speculative decoding runs one sequence at a time, got a batch of {B}: loop over prompts")
+        raise InputError(f"speculative decoding runs one sequence at a time, got a batch of {B}: loop over prompts")
     if assistant_model is not None and assistant_model.config.vocab_size != V:
-        raise SystemExit(f"error: the assistant model's vocabulary ({assistant_model.config.vocab_size}) differs from "
+        raise InputError(f"the assistant model's vocabulary ({assistant_model.config.vocab_size}) differs from "
                          f"the target's ({V}): the draft must share the target's tokenizer")
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []), device=idx.device)
     greedy = greedy or temperature == 0
@@ -183,7 +187,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     mask = torch.ones_like(idx) if attention_mask is None else attention_mask.to(idx.device).long()
     left_pad = (mask == 0).sum(1)
     if not torch.equal(mask, (torch.arange(T, device=idx.device) >= left_pad[:, None]).long()):
-        raise SystemExit("error: attention_mask must be zeros then ones in every row (left padding): use sample.pad_left")
+        raise InputError("attention_mask must be zeros then ones in every row (left padding): use sample.pad_left")
     seen = mark_seen(torch.zeros(B, V, dtype=torch.bool, device=idx.device), idx, mask) if repetition_penalty != 1.0 else None
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=idx.device)
     out[:, :T] = idx
@@ -290,64 +294,66 @@ def streamer(tok, prompt, stops):
     return callback
 
 
-def finish(tok, new):
-    """New ids -> text, cut at EOS and at the first stop string."""
+def finish(tok, new, stops=()):
+    """New ids -> text, cut at EOS and at the first of the stop strings."""
     text = tok.decode(new[:new.index(tok.eos_id)] if tok.eos_id in new else new)
-    return text[:min([text.find(s) for s in stop if s in text] or [len(text)])]
+    return text[:min([text.find(s) for s in stops if s in text] or [len(text)])]
 
 
 def complete(model, tok, prompt, controls):
     """Generate for one prompt (a list of ids), streaming; returns the new text."""
     idx = torch.tensor([prompt], device=device)
-    return finish(tok, generate(model, idx, callback=streamer(tok, prompt, stop), **controls)[0, len(prompt):].tolist())
+    return finish(tok, generate(model, idx, callback=streamer(tok, prompt, stop), **controls)[0, len(prompt):].tolist(), stop)
 
 
-if __name__ == "__main__":
-    import configurator
-    configurator.print_settings(configurator.configure(globals(), sys.argv[1:]), file=sys.stderr)
-    torch.manual_seed(seed)
-    ptdtype = {"auto": torch.bfloat16 if "cuda" in device else torch.float32, "float32": torch.float32,
-               "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+def main(argv):
+    configurator.print_settings(configurator.configure(globals(), argv), file=sys.stderr)
     import checkpoint
+    torch.manual_seed(seed)
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise InputError(f"dtype={dtype!r}: use auto, float32, bfloat16 or float16")
+    ptdtype = (torch.bfloat16 if "cuda" in device else torch.float32) if dtype == "auto" else getattr(torch, dtype)
     model, tok = checkpoint.load_model(init_from, device, ptdtype, tokenizer=tokenizer, need_tokenizer=True)
     draft = None
     if assistant_model:  # its own tokenizer, if it has one, must be the target's
         draft, draft_tok = checkpoint.load_model(assistant_model, device=device, dtype=ptdtype)
         if draft.config.vocab_size != model.config.vocab_size or (draft_tok and draft_tok.vocab_size != tok.vocab_size):
-            raise SystemExit(f"error: the assistant {assistant_model} has a vocabulary of {draft.config.vocab_size} "
+            raise InputError(f"the assistant {assistant_model} has a vocabulary of {draft.config.vocab_size} "
                              f"and the target {model.config.vocab_size}: the draft must share the target's tokenizer")
     stats = {}
     controls = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
                     repetition_penalty=repetition_penalty, greedy=greedy, prompt_lookup_num_tokens=prompt_lookup_num_tokens,
                     max_matching_ngram_size=max_matching_ngram_size, assistant_model=draft,
                     num_assistant_tokens=num_assistant_tokens, eos_token_id=tok.eos_id, compile=compile, stats=stats)
-    if start.startswith("FILE:"):
+    text = start
+    if text.startswith("FILE:"):
         try:
-            start = open(start[5:], encoding="utf-8").read()
+            text = open(text[5:], encoding="utf-8").read()
         except OSError as e:
-            raise SystemExit(f"error: cannot read the prompt file {start[5:]}: {e.strerror}")
-    prompts = [line for line in start.splitlines() if line.strip()] if each_line else [start]
+            raise InputError(f"cannot read the prompt file {text[5:]}: {e.strerror}")
+    prompts = [line for line in text.splitlines() if line.strip()] if each_line else [text]
     if chat:  # a conversation: the reply streams, then the next user turn (only when a person is typing)
-        import prepare  # its encode_chat tokenized the finetuning data: prompts match it token for token
-        messages, message = [], start.strip() or (None if sys.stdin.isatty() else "")
+        # encode_chat tokenized the finetuning data too: prompts match it token for token
+        messages, message = [], text.strip() or (None if sys.stdin.isatty() else "")
         if message == "":
-            raise SystemExit("error: chat mode without a terminal needs the message: --start='...' or --start=FILE:path")
+            raise InputError("chat mode without a terminal needs the message: --start='...' or --start=FILE:path")
         while True:
             while message is None or not message.strip():
                 try:
                     message = input("user> ")
                 except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C ends the conversation
-                    sys.exit(print())
+                    print()
+                    return
             messages.append(("user", message))
-            ids = prepare.encode_chat(tok, messages, add_generation_prompt=True)[0]
+            ids = encode_chat(tok, messages, add_generation_prompt=True)[0]
             while len(ids) + 16 > model.config.block_size and len(messages) > 1:  # forget the oldest turns
                 messages = messages[2:]
-                ids = prepare.encode_chat(tok, messages, add_generation_prompt=True)[0]
+                ids = encode_chat(tok, messages, add_generation_prompt=True)[0]
             print("assistant> ", end="", flush=True)
             messages.append(("assistant", complete(model, tok, ids, controls)))
             print(f"\n[{stats['new_tokens']} tokens, {stats['tokens_per_s']:.1f} tokens/s]", file=sys.stderr)
             if not sys.stdin.isatty():
-                break
+                return
             message = None
     elif draft is not None or prompt_lookup_num_tokens or len(prompts) * num_samples == 1:
         total, seconds, proposed, accepted = 0, 0.0, 0, 0  # one sequence at a time, streamed
@@ -367,6 +373,10 @@ if __name__ == "__main__":
         idx, mask = pad_left(batch, tok.pad_id or 0)
         out = generate(model, idx.to(device), attention_mask=mask.to(device), **controls)
         for row, ids in zip(out.tolist(), batch):
-            print(tok.decode(ids[1:]) + finish(tok, row[idx.shape[1]:]) + "\n---------------")
+            print(tok.decode(ids[1:]) + finish(tok, row[idx.shape[1]:], stop) + "\n---------------")
         print(f"{stats['new_tokens']} tokens in {stats['seconds']:.2f}s: {stats['tokens_per_s']:.1f} tokens/s "
               f"(batch of {len(batch)})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    configurator.main(main, sys.argv[1:])

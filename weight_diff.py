@@ -40,7 +40,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import checkpoint
+import configurator
 import hf
+from configurator import InputError
+from files import atomic_write, write_json
 
 # ----------------------------------------------------------------------------- settings
 base = ""  # the base model: a Hugging Face directory, or one of our run or checkpoint folders
@@ -57,10 +60,6 @@ BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-
 NOT_COPIED = re.compile(r"\.(safetensors|bin|pth|pt|distcp)$|\.index\.json$|^\.metadata$|^weight_diff\.json$")
 FIXUPS = "fixups.safetensors"  # beside the weights but not in the index: model loaders never see it
 KIND = {"hf": "a Hugging Face directory", "ours": "one of our checkpoints"}
-
-
-def _die(msg):
-    raise SystemExit(f"error: {msg}")
 
 
 def wide(dtype):
@@ -104,13 +103,14 @@ def write_safetensors(path, specs, tensors, metadata=None):
     header["__metadata__"] = {"format": "pt", **(metadata or {})}  # transformers refuses files without "format"
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path + ".tmp", "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        for (name, dtype, shape), t in zip(specs, tensors, strict=True):
-            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                raise ValueError(f"{name}: got {t.dtype} {tuple(t.shape)}, the header says {dtype} {tuple(shape)}")
-            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy())
-    os.replace(path + ".tmp", path)
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little") + raw)
+            for (name, dtype, shape), t in zip(specs, tensors, strict=True):
+                if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                    raise ValueError(f"{name}: got {t.dtype} {tuple(t.shape)}, the header says {dtype} {tuple(shape)}")
+                f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+    atomic_write(path, write)
 
 
 def _safetensors(file, read):
@@ -120,7 +120,7 @@ def _safetensors(file, read):
         with safe_open(file, framework="pt") as s:
             return read(s)
     except Exception as e:
-        _die(f"cannot read {file} ({type(e).__name__}: {e}): it is damaged or incomplete; download it again")
+        raise InputError(f"cannot read {file} ({type(e).__name__}: {e}): it is damaged or incomplete; download it again")
 
 
 _bin = lru_cache(maxsize=2)(hf._torch_load)  # memory-mapped: base's and tuned's current files stay open
@@ -145,10 +145,10 @@ class Source:
     def __init__(self, path, what):
         self.path = os.path.expanduser(path)
         if not os.path.isdir(self.path):
-            _die(f"--{what}={path} not found: give a Hugging Face model directory or one of our run/checkpoint folders")
+            raise InputError(f"--{what}={path} not found: give a Hugging Face model directory or one of our run/checkpoint folders")
         ck, self.entries = checkpoint.resolve(self.path), {}  # name -> (file or None, dtype, shape), in file order
         if ck and checkpoint.read_info(ck).get("lora"):
-            _die(f"--{what}={path} holds LoRA adapters, not a model: export it merged (python hf.py --export "
+            raise InputError(f"--{what}={path} holds LoRA adapters, not a model: export it merged (python hf.py --export "
                  f"--init_from={path} --out=...) and diff that against the base's Hugging Face directory")
         if ck:
             self.kind, self.format, self.path = "ours", "dcp", ck
@@ -160,11 +160,11 @@ class Source:
             self.format = "safetensors" if files[0].endswith(".safetensors") else "pytorch_model.bin"
             self.entries = {k: (f, dtype, tuple(shape)) for f in files for k, (dtype, shape) in _entries(f).items()}
         else:
-            _die(f"--{what}={path} holds neither a Hugging Face model (config.json) nor one of our checkpoints "
+            raise InputError(f"--{what}={path} holds neither a Hugging Face model (config.json) nor one of our checkpoints "
                  f"(convert a Meta download with hf.py --export)")
         bad = next((k for k, (_, dtype, _) in self.entries.items() if dtype not in ST_DTYPES), None)
         if bad:
-            _die(f"{path}: tensor {bad!r} has a dtype weight_diff.py does not handle ({self.entries[bad][1]})")
+            raise InputError(f"{path}: tensor {bad!r} has a dtype weight_diff.py does not handle ({self.entries[bad][1]})")
         self.specs = {k: _spec(dtype, shape) for k, (_, dtype, shape) in self.entries.items()}
 
     def read(self, name):
@@ -180,9 +180,9 @@ def _same_tensors(a, b, names, fix):
     """a, b: {tensor: spec}. Stops at the first tensor in only one of them, or of another dtype or shape."""
     for k in [*a, *b]:
         if k not in a or k not in b:
-            _die(f"tensor {k!r} is only in {names[k in b]}: {fix}")
+            raise InputError(f"tensor {k!r} is only in {names[k in b]}: {fix}")
         if a[k] != b[k]:
-            _die(f"tensor {k!r} is {a[k]} in {names[0]} but {b[k]} in {names[1]}: {fix}")
+            raise InputError(f"tensor {k!r} is {a[k]} in {names[0]} but {b[k]} in {names[1]}: {fix}")
 
 
 @contextlib.contextmanager
@@ -190,7 +190,7 @@ def _output(path):
     """A temporary sibling folder, renamed to `path` when the block succeeds and removed when it fails."""
     path = os.path.expanduser(path)  # the shell leaves the ~ of --out=~/... alone
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        _die(f"--out={path} exists and is not empty: choose a new directory or remove that one")
+        raise InputError(f"--out={path} exists and is not empty: choose a new directory or remove that one")
     full = os.path.abspath(path)
     tmp = os.path.join(os.path.dirname(full), f".{os.path.basename(full)}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # debris of a run that was killed
@@ -211,8 +211,7 @@ def _finish(dst, src, files, specs):
     if files and list(files) != ["model.safetensors"]:
         index = {"metadata": {"total_size": sum(math.prod(s) * d.itemsize for _, d, s in specs.values())},
                  "weight_map": {n: f for f, names in files.items() for n in names}}
-        with open(os.path.join(dst, "model.safetensors.index.json"), "w") as fh:
-            json.dump(index, fh, indent=2)
+        write_json(os.path.join(dst, "model.safetensors.index.json"), index, indent=2)
     for f in sorted(os.listdir(src)):
         if os.path.isfile(os.path.join(src, f)) and not NOT_COPIED.search(f):
             shutil.copy2(os.path.join(src, f), dst)
@@ -227,7 +226,7 @@ def make(base, tuned, out):
     """Write tuned - base into the directory `out`; returns the tuned model's overall checksum."""
     b, t = Source(base, "base"), Source(tuned, "tuned")
     if b.kind != t.kind:
-        _die(f"--base is {KIND[b.kind]} but --tuned is {KIND[t.kind]}: export ours with hf.py --export so both "
+        raise InputError(f"--base is {KIND[b.kind]} but --tuned is {KIND[t.kind]}: export ours with hf.py --export so both "
              f"are Hugging Face directories")
     _same_tensors(b.specs, t.specs, ("base", "tuned"), "diff two models of one architecture and dtype "
                   "(hf.py --export --dtype=... casts one)")
@@ -261,8 +260,7 @@ def make(base, tuned, out):
                 "base_checksum": checksum({k: v["base_sha256"] for k, v in tensors.items()}),
                 "tuned_checksum": checksum({k: v["tuned_sha256"] for k, v in tensors.items()}),
                 "fixup_elements": sum(v["fixups"] for v in tensors.values()), "tensors": tensors}
-        with open(os.path.join(tmp, "weight_diff.json"), "w") as f:
-            json.dump(info, f, indent=1)
+        write_json(os.path.join(tmp, "weight_diff.json"), info)
     print(f"wrote the diff of {len(tensors)} tensors to {out} ({info['fixup_elements']} elements stored as fixups, "
           f"{time.time() - t0:.1f}s)\ntuned checksum {info['tuned_checksum']}")
     return info["tuned_checksum"]
@@ -273,20 +271,20 @@ def recover(base, diff, out):
     model's kind: a Hugging Face directory, or a weights-only checkpoint of ours. Returns the overall checksum."""
     diff = os.path.expanduser(diff)
     if not os.path.isdir(diff):
-        _die(f"--diff={diff} not found: give the directory that weight_diff.py make wrote")
+        raise InputError(f"--diff={diff} not found: give the directory that weight_diff.py make wrote")
     try:
         with open(os.path.join(diff, "weight_diff.json")) as f:
             info = json.load(f)
     except FileNotFoundError:
-        _die(f"{diff} has no weight_diff.json: it is not a diff made by weight_diff.py make (recover a diff made by "
+        raise InputError(f"{diff} has no weight_diff.json: it is not a diff made by weight_diff.py make (recover a diff made by "
              f"Alpaca's or Open-Instruct's script with theirs)")
     except ValueError as e:
-        _die(f"{diff}/weight_diff.json is not valid JSON ({e}): download the diff again")
+        raise InputError(f"{diff}/weight_diff.json is not valid JSON ({e}): download the diff again")
     b, tensors = Source(base, "base"), info["tensors"]
     other = (f"the diff was made against another base (whose checksum is {info['base_checksum']}): give --base "
              f"the model it was made from")
     if b.kind != info["kind"]:
-        _die(f"--base is {KIND[b.kind]} but the diff was made against {KIND[info['kind']]}: give --base the model "
+        raise InputError(f"--base is {KIND[b.kind]} but the diff was made against {KIND[info['kind']]}: give --base the model "
              f"it was made from (checksum {info['base_checksum']})")
     _same_tensors(b.specs, {k: _spec(e["dtype"], e["shape"]) for k, e in tensors.items()}, ("base", "the diff"), other)
     hashes, t0 = {}, time.time()
@@ -295,16 +293,16 @@ def recover(base, diff, out):
         e = tensors[name]
         x = b.read(name)
         if sha256(x) != e["base_sha256"]:  # before use: a wrong base gives a wrong model that looks fine
-            _die(f"base tensor {name!r} differs from the one the diff records: {other}")
+            raise InputError(f"base tensor {name!r} differs from the one the diff records: {other}")
         d = _safetensors(os.path.join(diff, e["file"]), lambda s: s.get_tensor(name))
         if list(d.shape) != e["shape"]:
-            _die(f"{diff}/{e['file']}: {name!r} has shape {list(d.shape)}, not {e['shape']}: download the diff again")
+            raise InputError(f"{diff}/{e['file']}: {name!r} has shape {list(d.shape)}, not {e['shape']}: download the diff again")
         fix = [_safetensors(os.path.join(diff, FIXUPS), lambda s: s.get_tensor(name + k))
                for k in (".__fixup_index", ".__fixup_value")] if e["fixups"] else []
         y = add_diff(x, d, getattr(torch, e["dtype"]), *fix)
         hashes[name] = sha256(y)
         if hashes[name] != e["tuned_sha256"]:
-            _die(f"recovered tensor {name!r} does not match its checksum in weight_diff.json: the diff's files are "
+            raise InputError(f"recovered tensor {name!r} does not match its checksum in weight_diff.json: the diff's files are "
                  f"damaged; download them again")
         _progress(len(hashes) - 1, len(tensors), t0)
         return y
@@ -320,26 +318,27 @@ def recover(base, diff, out):
             files, specs = {}, {}
             checkpoint._dcp(dcp.save, {"model": {name: recovered(name) for name in tensors}}, tmp)
         if checksum(hashes) != info["tuned_checksum"]:
-            _die(f"the recovered tensors' checksum {checksum(hashes)} is not the diff's {info['tuned_checksum']}: "
+            raise InputError(f"the recovered tensors' checksum {checksum(hashes)} is not the diff's {info['tuned_checksum']}: "
                  f"weight_diff.json is damaged; download the diff again")
         _finish(tmp, diff, files, specs)
     print(f"recovered {len(hashes)} tensors, checksum {info['tuned_checksum']} matches ({time.time() - t0:.1f}s)")
     return info["tuned_checksum"]
 
 
-if __name__ == "__main__":
-    import configurator
-    command = sys.argv[1] if len(sys.argv) > 1 else ""
+def main(argv):
+    command = argv[0] if argv else ""
     if command not in ("make", "recover"):
-        _die(f"unknown command {command!r}: python weight_diff.py make --base=PATH --tuned=PATH --out=DIR, "
-             f"or recover --base=PATH --diff=DIR --out=DIR")
+        raise InputError(f"unknown command {command!r}: python weight_diff.py make --base=PATH --tuned=PATH --out=DIR, "
+                         f"or recover --base=PATH --diff=DIR --out=DIR")
     # only the four paths are settings, not the tables above
-    s = configurator.configure({"base": base, "tuned": tuned, "diff": diff, "out": out, "__file__": __file__},
-                               sys.argv[2:])
+    s = configurator.configure({"base": base, "tuned": tuned, "diff": diff, "out": out, "__file__": __file__}, argv[1:])
     for key in ("base", "tuned" if command == "make" else "diff", "out"):
         if not s[key]:
-            _die(f"{command} needs --{key}=PATH")
+            raise InputError(f"{command} needs --{key}=PATH")
     if command == "make":
-        make(s["base"], s["tuned"], s["out"])
-    else:
-        recover(s["base"], s["diff"], s["out"])
+        return make(s["base"], s["tuned"], s["out"])
+    return recover(s["base"], s["diff"], s["out"])
+
+
+if __name__ == "__main__":
+    configurator.main(main, sys.argv[1:])

@@ -9,7 +9,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import data as data_lib  # noqa: E402
 import prepare as P  # noqa: E402
+import tokenizer as tz  # noqa: E402
+from configurator import InputError  # noqa: E402
 
 CASES = {  # format: (records, the template text of each)
     "alpaca": ([{"instruction": "Add the numbers.", "input": "2 and 3", "output": "2 + 3 = 5."},
@@ -81,12 +84,12 @@ def _write(path, records):
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tok") / "tokenizer.model")
-    texts = [P.chat_text(_turns_of(fmt, r), eos="") for fmt, (recs, _) in CASES.items() for r in recs]
-    texts += [P.chat_text(_turns_of("messages", r), eos="") for r in CHATS] * 3
+    texts = [tz.chat_text(_turns_of(fmt, r), eos="") for fmt, (recs, _) in CASES.items() for r in recs]
+    texts += [tz.chat_text(_turns_of("messages", r), eos="") for r in CHATS] * 3
     texts += [f"Question {i}: what is {i} plus {i + 1}? The answer is {2 * i + 1}, said the assistant.\n"
               for i in range(300)]
     P.train_tokenizer(texts, path, vocab_size=320, num_threads=1)
-    return P.Tokenizer(path)
+    return tz.Tokenizer(path)
 
 
 def _turns_of(fmt, rec):
@@ -115,7 +118,7 @@ def _check_mask(tok, turns, ids, mask):
     assert _runs(ids, mask) == [tok.encode(r) + [tok.eos_id] for r in replies]
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == "".join(replies)  # EOS decodes to nothing
     blanked = [(r, "" if r == "assistant" else c) for r, c in turns]
-    assert tok.decode([i for i, m in zip(ids, mask) if not m]) == P.chat_text(blanked, eos="")
+    assert tok.decode([i for i, m in zip(ids, mask) if not m]) == tz.chat_text(blanked, eos="")
     assert sum(mask) == sum(len(tok.encode(r)) + 1 for r in replies)
 
 
@@ -126,35 +129,35 @@ def test_each_format_renders_the_template_and_masks_the_replies(tok, tmp_path, f
     for chosen in ("auto", fmt):
         got, convs = P.conversations(path, chosen)
         convs = list(convs)
-        assert got == fmt and [P.chat_text(t) for _, _, t in convs] == texts
+        assert got == fmt and [tz.chat_text(t) for _, _, t in convs] == texts
         assert [k for k, _, _ in convs] == [f"data.{ext}#{i}" for i in range(len(records))]
     for _, _, turns in convs:
-        _check_mask(tok, turns, *P.encode_chat(tok, turns))
+        _check_mask(tok, turns, *tz.encode_chat(tok, turns))
 
 
 def test_the_template_by_hand(tok):
     # the exact pieces, so the boundaries cannot drift: BOS | user turn | header | reply | EOS | "\n" + user | header
     turns = [{"role": "user", "content": " Hi "}, ("assistant", "Hello."), ("user", "Bye")]
-    ids, mask = P.encode_chat(tok, turns, add_generation_prompt=True)
+    ids, mask = tz.encode_chat(tok, turns, add_generation_prompt=True)
     e = tok.encode
     pieces = [([1], False), (e("<|user|>\nHi\n"), False), (e("<|assistant|>\n"), False), (e("Hello."), True),
               ([2], True), (e("\n<|user|>\nBye\n"), False), (e("<|assistant|>\n"), False)]
     assert ids == sum((p for p, _ in pieces), []) and mask == sum(([m] * len(p) for p, m in pieces), [])
-    assert P.chat_text(turns, add_generation_prompt=True) == \
+    assert tz.chat_text(turns, add_generation_prompt=True) == \
         "<|user|>\nHi\n<|assistant|>\nHello.</s>\n<|user|>\nBye\n<|assistant|>\n"
-    assert P.chat_text(turns[:2]) == "<|user|>\nHi\n<|assistant|>\nHello.</s>\n"
+    assert tz.chat_text(turns[:2]) == "<|user|>\nHi\n<|assistant|>\nHello.</s>\n"
     two = [("user", "a"), ("assistant", "b"), ("assistant", "c")]  # back-to-back replies: "\n" opens the header
-    assert P.chat_text(two, eos="<e>") == "<|user|>\na\n<|assistant|>\nb<e>\n<|assistant|>\nc<e>\n"
-    _check_mask(tok, two, *P.encode_chat(tok, two))
+    assert tz.chat_text(two, eos="<e>") == "<|user|>\na\n<|assistant|>\nb<e>\n<|assistant|>\nc<e>\n"
+    _check_mask(tok, two, *tz.encode_chat(tok, two))
 
 
 def test_a_conversation_prefix_tokenizes_as_samples_chat_prompt(tok):
     turns = CASES["messages"][0][0]["messages"]
-    ids, mask = P.encode_chat(tok, turns)
+    ids, mask = tz.encode_chat(tok, turns)
     for k, m in enumerate(turns):
         if m["role"] != "assistant":
             continue
-        prompt, prompt_mask = P.encode_chat(tok, turns[:k], add_generation_prompt=True)
+        prompt, prompt_mask = tz.encode_chat(tok, turns[:k], add_generation_prompt=True)
         assert ids[:len(prompt)] == prompt and mask[:len(prompt)] == prompt_mask  # the header is never trained
         reply = tok.encode(m["content"]) + [tok.eos_id]
         assert ids[len(prompt):len(prompt) + len(reply)] == reply and all(mask[len(prompt):len(prompt) + len(reply)])
@@ -169,10 +172,10 @@ def test_oasst1_top_ranked_path_from_trees_and_from_the_flat_table(tok, tmp_path
         fmt, convs = P.conversations(path)
         convs = list(convs)
         assert fmt == "oasst1" and [t for _, _, t in convs] == [TREE_TURNS, [("user", "Hello"), ("assistant", "Hi.")]]
-        _check_mask(tok, convs[0][2], *P.encode_chat(tok, convs[0][2]))
+        _check_mask(tok, convs[0][2], *tz.encode_chat(tok, convs[0][2]))
     assert [w for _, w, _ in convs] == [f"{flat}[{len(flat_rows) - 2}]", f"{flat}[{len(flat_rows) - 1}]"]
     lonely = dict(TREE, prompt=dict(TREE["prompt"], replies=[]))  # a prompt nobody answered
-    with pytest.raises(SystemExit, match=r"lonely.jsonl:1 has no assistant turn"):
+    with pytest.raises(InputError, match=r"lonely.jsonl:1 has no assistant turn"):
         list(P.conversations(_write(tmp_path / "lonely.jsonl", [lonely]), "oasst1")[1])
 
 
@@ -187,7 +190,7 @@ def chats(tmp_path_factory):
 
 def test_padded_and_packed_rows(tok, chats, tmp_path):
     path, recs = chats
-    enc = [P.encode_chat(tok, [(m["role"], m["content"]) for m in r["messages"]]) for r in recs]
+    enc = [tz.encode_chat(tok, [(m["role"], m["content"]) for m in r["messages"]]) for r in recs]
     T = max(len(ids) for ids, _ in enc) + 3
     meta = _prepare(tmp_path / "padded", path, tok, seq_len=T, val_fraction=0.0, test_fraction=0.0)
     assert (meta["layout"], meta["seq_len"], meta["packing"], meta["chat_format"]) == ("rows", T, "padded", "messages")
@@ -195,14 +198,14 @@ def test_padded_and_packed_rows(tok, chats, tmp_path):
     assert info["files"] == ["train.bin"] and info["mask_files"] == ["train.mask.bin"]
     assert (info["documents"], info["rows"], info["dropped"], info["truncated"]) == (12, 12, 0, 0)
     assert info["tokens"] == sum(len(i) for i, _ in enc) and info["trained_tokens"] == sum(sum(m) for _, m in enc)
-    tokens, mask = P.open_rows(tmp_path / "padded", "train")
+    tokens, mask = data_lib.open_rows(tmp_path / "padded", "train")
     for r, (ids, m) in enumerate(enc):  # a conversation per row, then EOS as padding (this tokenizer has no pad)
         assert tokens[r, :len(ids)].tolist() == ids and mask[r, :len(ids)].tolist() == m
         assert (tokens[r, len(ids):] == tok.eos_id).all() and not mask[r, len(ids):].any()
 
     meta = _prepare(tmp_path / "packed", path, tok, seq_len=T, val_fraction=0.0, test_fraction=0.0, packing="packed")
     info = meta["splits"]["train"]
-    tokens, mask = P.open_rows(tmp_path / "packed", "train")
+    tokens, mask = data_lib.open_rows(tmp_path / "packed", "train")
     assert info["rows"] == len(tokens) < 12 and info["documents"] == 12 and info["tokens"] == sum(len(i) for i, _ in enc)
     r, col, per_row = 0, 0, [0]
     for ids, m in enc:  # in order; a row moves on only when the next whole conversation would not fit
@@ -224,7 +227,7 @@ def test_splits_are_by_record_key_and_files_are_identical_on_a_rerun(tok, chats,
     assert all(want.values())  # every split has some, for these keys
     for s in P._SPLITS:
         assert meta["splits"][s]["documents"] == len(want[s])
-        tokens, mask = P.open_rows(tmp_path / "a", s)
+        tokens, mask = data_lib.open_rows(tmp_path / "a", s)
         assert tokens.shape == mask.shape == (meta["splits"][s]["rows"], 128)
         assert tokens.dtype == np.uint16 and mask.dtype == np.uint8 and not tokens.flags.writeable
         first = [int(i) for i in tokens[0, 1:].tolist()]
@@ -246,19 +249,19 @@ def test_splits_are_by_record_key_and_files_are_identical_on_a_rerun(tok, chats,
 def test_empty_split_stream_data_and_a_trained_tokenizer(tok, chats, tmp_path):
     path, _ = chats
     _prepare(tmp_path / "c", path, tok, seq_len=128, val_fraction=0.0, test_fraction=0.0)
-    tokens, mask = P.open_rows(tmp_path / "c", "val")
+    tokens, mask = data_lib.open_rows(tmp_path / "c", "val")
     assert tokens.shape == mask.shape == (0, 128) and not os.path.exists(tmp_path / "c" / "val.bin")
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "a.txt").write_text("plain text " * 50)
     P.prepare_data(str(tmp_path / "stream"), source=str(tmp_path / "text"), tokenizer=tok.name, num_proc=1)
-    with pytest.raises(SystemExit, match="holds a token stream, not chat rows: prepare it with --chat_format"):
-        P.open_rows(tmp_path / "stream", "train")
+    with pytest.raises(InputError, match="holds a token stream, not chat rows: prepare it with --chat_format"):
+        data_lib.open_rows(tmp_path / "stream", "train")
     # no --tokenizer: one is trained on the rendered train conversations, and the stream files of the text run go
     meta = P.prepare_data(str(tmp_path / "stream"), source=path, chat_format="messages", vocab_size=300, seq_len=128,
                           num_proc=1)
     assert meta["vocab_size"] == 300 and not os.path.exists(tmp_path / "stream" / "manifest.json")
-    t = P.load_tokenizer(tmp_path / "stream")
-    tokens, mask = P.open_rows(tmp_path / "stream", "train")
+    t = data_lib.load_tokenizer(tmp_path / "stream")
+    tokens, mask = data_lib.open_rows(tmp_path / "stream", "train")
     assert t.decode(tokens[0][mask[0] == 1].tolist()).startswith("It is ")
 
 
@@ -268,11 +271,11 @@ def test_overlong_conversations_error_drop_or_truncate(tok, chats, tmp_path):
                          {"role": "assistant", "content": "Once upon a time. " * 40}]}
     question = {"messages": [{"role": "user", "content": "Why? " * 100}, {"role": "assistant", "content": "Because."}]}
     data = _write(tmp_path / "long.jsonl", recs[:3] + [long] + recs[3:5] + [question])
-    ids, m = P.encode_chat(tok, [(x["role"], x["content"]) for x in long["messages"]])
-    short = [P.encode_chat(tok, [(x["role"], x["content"]) for x in r["messages"]])[0] for r in recs[:5]]
+    ids, m = tz.encode_chat(tok, [(x["role"], x["content"]) for x in long["messages"]])
+    short = [tz.encode_chat(tok, [(x["role"], x["content"]) for x in r["messages"]])[0] for r in recs[:5]]
     T = max(map(len, short)) + 2
     kw = dict(seq_len=T, val_fraction=0.0, test_fraction=0.0)
-    with pytest.raises(SystemExit, match=rf"long.jsonl:4 is {len(ids):,} tokens, more than seq_len={T}: raise "
+    with pytest.raises(InputError, match=rf"long.jsonl:4 is {len(ids):,} tokens, more than seq_len={T}: raise "
                                          rf"--seq_len, or --overlong=drop .* --overlong=truncate"):
         _prepare(tmp_path / "e", data, tok, **kw)
     info = _prepare(tmp_path / "d", data, tok, overlong="drop", **kw)["splits"]["train"]
@@ -280,7 +283,7 @@ def test_overlong_conversations_error_drop_or_truncate(tok, chats, tmp_path):
     info = _prepare(tmp_path / "t", data, tok, overlong="truncate", **kw)["splits"]["train"]
     # the question has no reply left in T tokens: nothing to learn, so it is dropped even so
     assert (info["documents"], info["rows"], info["dropped"], info["truncated"]) == (6, 6, 1, 1)
-    tokens, mask = P.open_rows(tmp_path / "t", "train")
+    tokens, mask = data_lib.open_rows(tmp_path / "t", "train")
     assert tokens[3].tolist() == ids[:T] and mask[3].tolist() == m[:T] and mask[3, -1] == 1
     assert info["tokens"] == sum(map(len, short)) + T and len(tok.encode("Why? " * 100)) > T
 
@@ -301,9 +304,9 @@ def test_overlong_conversations_error_drop_or_truncate(tok, chats, tmp_path):
 ])
 def test_bad_records_stop_with_one_line_naming_the_record(tmp_path, records, ext, fmt, message):
     path = _write(tmp_path / f"data.{ext}", records)
-    with pytest.raises(SystemExit, match=message) as e:
+    with pytest.raises(InputError, match=message) as e:
         list(P.conversations(path, fmt)[1])
-    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_messages_field_hf_source_and_bad_settings(tok, chats, tmp_path, monkeypatch):
@@ -319,7 +322,7 @@ def test_messages_field_hf_source_and_bad_settings(tok, chats, tmp_path, monkeyp
                         (dict(packing="greedy"), "packing='greedy': use one of padded, packed"),
                         (dict(overlong="cut"), "overlong='cut'"), (dict(seq_len=1), "seq_len >= 2"),
                         (dict(source="stdlib"), "a --source of conversations")]:
-        with pytest.raises(SystemExit, match=message):
+        with pytest.raises(InputError, match=message):
             P.prepare_data(str(tmp_path / "x"), **{"source": path, "tokenizer": tok.name, "chat_format": "auto", **kw})
 
 
@@ -327,16 +330,16 @@ def test_llama_style_tokenizer_adds_no_space_between_pieces(tmp_path):
     # LLaMA's SentencePiece adds a dummy "▁" before each encode call's text: turns after the first must be
     # encoded as continuations, or every header and reply would start with a space the template does not have
     import sentencepiece as spm
-    texts = [P.chat_text(_turns_of("messages", r), eos="") for r in CHATS] * 20
+    texts = [tz.chat_text(_turns_of("messages", r), eos="") for r in CHATS] * 20
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(tmp_path / "llama"), vocab_size=400,
                                    model_type="bpe", add_dummy_prefix=True, byte_fallback=True, bos_id=1, eos_id=2,
                                    normalization_rule_name="identity", remove_extra_whitespaces=False,
                                    unk_id=0, pad_id=-1, minloglevel=2)
-    tok = P.Tokenizer(str(tmp_path / "llama.model"))
+    tok = tz.Tokenizer(str(tmp_path / "llama.model"))
     assert tok.decode(tok.encode("<|user|>")).startswith("<") and tok.encode("x y") != tok.encode("x y", continuation=True)
     turns = CASES["messages"][0][0]["messages"]
-    ids, mask = P.encode_chat(tok, turns, add_generation_prompt=True)
-    assert tok.decode(ids) == P.chat_text(turns + [], eos="", add_generation_prompt=True)
+    ids, mask = tz.encode_chat(tok, turns, add_generation_prompt=True)
+    assert tok.decode(ids) == tz.chat_text(turns + [], eos="", add_generation_prompt=True)
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == "Hello.4"
 
 
@@ -369,6 +372,6 @@ def test_a_finetuned_model_answers_in_turn_through_sample_chat(tok, chats, tmp_p
     meta = json.load(open(tmp_path / "chat_data" / "meta.json"))  # a train split with no conversations left
     meta["splits"]["train"].update(files=[], mask_files=[], rows=0)
     json.dump(meta, open(tmp_path / "chat_data" / "meta.json", "w"))
-    with pytest.raises(SystemExit, match="train split of .* holds no conversations"):
+    with pytest.raises(InputError, match="train split of .* holds no conversations"):
         test_train.run(data_dir=str(tmp_path / "chat_data"), out_dir=str(tmp_path / "empty"), init_from=str(tmp_path / "pre"),
                        epochs=1.0, log_file=str(tmp_path / "empty.jsonl"), **common)

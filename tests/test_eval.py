@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import eval as ev
 from model import ModelConfig, Transformer
+from configurator import InputError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +97,7 @@ def task_dir(tmp_path_factory):
 def tok(tmp_path_factory, task_dir):
     """A tiny SentencePiece BPE trained on the task files (BOS 1, EOS 2, like LLaMA's)."""
     import sentencepiece as spm
-    import prepare
+    from tokenizer import Tokenizer
     d = tmp_path_factory.mktemp("tok")
     text = "".join(open(os.path.join(task_dir, n, f), encoding="utf-8").read()
                    for n in ev.TASKS for f in os.listdir(os.path.join(task_dir, n)))
@@ -104,7 +105,7 @@ def tok(tmp_path_factory, task_dir):
     spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=400,
                                    model_type="bpe", character_coverage=1.0, byte_fallback=True,
                                    minloglevel=2, num_threads=1)
-    return prepare.Tokenizer(str(d / "tokenizer.model"))
+    return Tokenizer(str(d / "tokenizer.model"))
 
 
 def tiny_model(vocab, elm=True, block_size=512, seed=0):
@@ -304,7 +305,7 @@ def test_text_perplexity_files(model, tok, tmp_path):
     lls = ev.rolling_loglikelihood(model, tok, docs, 16)
     assert two["documents"] == 2 and two["bits_per_byte"] == pytest.approx(
         -sum(lls) / math.log(2) / sum(len(d.encode()) for d in docs))
-    with pytest.raises(SystemExit, match="error: text file .* not found"):
+    with pytest.raises(InputError, match="text file .* not found"):
         ev.text_perplexity(model, tok, str(tmp_path / "missing.txt"), 16)
 
 
@@ -328,12 +329,12 @@ def test_token_split_perplexity_and_bits_per_byte(model, tok, tmp_path):
     assert ev.token_split_perplexity(model, str(tmp_path), "test", 512, tok=tok)["loss"] == pytest.approx(out["loss"])
     spm.SentencePieceTrainer.train(input=os.path.join(os.path.dirname(tok.spec), "corpus.txt"), vocab_size=350,
                                    model_prefix=str(tmp_path / "other"), model_type="bpe", minloglevel=2)
-    import prepare
-    with pytest.raises(SystemExit, match="error: .*different tokenizer than the checkpoint's"):
-        ev.token_split_perplexity(model, str(tmp_path), "test", 512, tok=prepare.Tokenizer(str(tmp_path / "other.model")))
+    from tokenizer import Tokenizer
+    with pytest.raises(InputError, match=".*different tokenizer than the checkpoint's"):
+        ev.token_split_perplexity(model, str(tmp_path), "test", 512, tok=Tokenizer(str(tmp_path / "other.model")))
     meta["vocab_size"] = model.config.vocab_size + 1  # data tokenized for another model
     (tmp_path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(SystemExit, match="error: .*tokenized with"):
+    with pytest.raises(InputError, match=".*tokenized with"):
         ev.token_split_perplexity(model, str(tmp_path), "test", max_len=512)
 
 
@@ -341,19 +342,19 @@ def test_token_split_perplexity_and_bits_per_byte(model, tok, tmp_path):
 
 
 def test_bad_input(task_dir, tmp_path, model, tok, monkeypatch):
-    with pytest.raises(SystemExit, match="error: unknown task 'arc_eazy'"):
+    with pytest.raises(InputError, match="unknown task 'arc_eazy'"):
         ev.task_names("arc_easy,arc_eazy")
-    with pytest.raises(SystemExit, match="error: task data .* not found: run .*--download=True"):
+    with pytest.raises(InputError, match="task data .* not found: run .*--download=True"):
         ev.evaluate(model, tok, ["piqa"], str(tmp_path))
-    with pytest.raises(SystemExit, match="error: boolq has 6 few-shot examples, too few"):
+    with pytest.raises(InputError, match="boolq has 6 few-shot examples, too few"):
         ev.evaluate(model, tok, ["boolq"], task_dir, num_fewshot=POOL_N + 1)
     import checkpoint
     small = tiny_model(50)  # a checkpoint whose vocabulary is smaller than the tokenizer's
     monkeypatch.setattr(checkpoint, "_load", lambda *a: (small, tok))  # stand-in for the files it would read
-    with pytest.raises(SystemExit, match=f"error: the tokenizer has {tok.vocab_size} tokens but out/x has 50"):
+    with pytest.raises(InputError, match=f"the tokenizer has {tok.vocab_size} tokens but out/x has 50"):
         ev.load("out/x")
     monkeypatch.setattr(checkpoint, "_load", lambda *a: (small, None))
-    with pytest.raises(SystemExit, match="holds no tokenizer"):
+    with pytest.raises(InputError, match="holds no tokenizer"):
         ev.load("out/x")
     r = subprocess.run([sys.executable, "eval.py", "--tasks=piqa,nope"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: unknown task 'nope'")
@@ -466,7 +467,7 @@ def run_dir(model, tok, tmp_path_factory):
     test split for --ppl."""
     import shutil
     import numpy as np
-    checkpoint = pytest.importorskip("checkpoint")
+    import checkpoint
     root = tmp_path_factory.mktemp("ckpt")
     data = root / "data"
     data.mkdir()

@@ -14,6 +14,7 @@ from model import ModelConfig, Transformer
 
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
+from configurator import InputError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = [(1, 9), (2, 17), (1, 1)]  # (batch, length)
@@ -195,7 +196,7 @@ def test_meta_consolidated_loads(tmp_path, n_shards, sp_models):
     (tmp_path / "tokenizer.model").write_bytes((sp_models / "keep.model").read_bytes())  # Meta's: one folder up
     assert hf.load_tokenizer(d).vocab_size == 300
     if n_shards == 1:  # and the command line converts it to a directory transformers reads
-        r = subprocess.run([sys.executable, "hf.py", "--export", f"--init_from={d}", f"--out={tmp_path / 'conv'}"],
+        r = subprocess.run([sys.executable, "export.py", f"--init_from={d}", f"--out={tmp_path / 'conv'}"],
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert "saved LLaMA model" in r.stdout and "with tokenizer.model" in r.stdout
@@ -320,21 +321,21 @@ def test_tokenizer(tmp_path, sp_models, capsys):
     assert "collapses runs of spaces" in capsys.readouterr().err  # the OpenLLaMA v1 warning
     # a vocabulary that does not match the model
     hf_llama(tmp_path / "big", "mha", vocab=512)
-    with pytest.raises(SystemExit, match=r"has 300 pieces but the model .* has 512 embedding rows"):
+    with pytest.raises(InputError, match=r"has 300 pieces but the model .* has 512 embedding rows"):
         hf.load_tokenizer(tmp_path / "big", tokenizer=sp_models / "keep.model")
 
 
 def test_openelm_tokenizer_missing_then_supplied(tmp_path, sp_models):
     ours = Transformer(ModelConfig(**{**ELM, "vocab_size": 300}))
     hf.save_model(ours, tmp_path / "elm")
-    with pytest.raises(SystemExit, match="OpenELM checkpoint, which ships no tokenizer.*Llama-2"):
+    with pytest.raises(InputError, match="OpenELM checkpoint, which ships no tokenizer.*Llama-2"):
         hf.load_tokenizer(tmp_path / "elm")
     assert hf.load_tokenizer(tmp_path / "elm", tokenizer=sp_models / "keep.model").vocab_size == 300
     # exported with a tokenizer, the directory carries it, and transformers' Llama tokenizer settings
     hf.save_model(ours, tmp_path / "elm2", tokenizer=sp_models / "keep.model")
     assert hf.load_tokenizer(tmp_path / "elm2").vocab_size == 300
     assert json.loads((tmp_path / "elm2" / "tokenizer_config.json").read_text())["add_bos_token"] is True
-    r = subprocess.run([sys.executable, "hf.py", f"--init_from={tmp_path / 'elm2'}"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "export.py", f"--init_from={tmp_path / 'elm2'}"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "layer  3:" in r.stdout and "300 pieces" in r.stdout, r.stdout + r.stderr
 
 
@@ -349,43 +350,43 @@ def edit_json(path, **kw):
 def test_bad_inputs(tmp_path):
     hf_llama(tmp_path / "a", "mha")
     edit_json(tmp_path / "a" / "config.json", model_type="gpt2")
-    with pytest.raises(SystemExit, match="model_type 'gpt2'"):
+    with pytest.raises(InputError, match="model_type 'gpt2'"):
         hf.load_model(tmp_path / "a")
 
     hf_llama(tmp_path / "b", "mha", max_shard_size="20KB")
     victim = sorted(f for f in os.listdir(tmp_path / "b") if f.endswith(".safetensors"))[1]
     os.remove(tmp_path / "b" / victim)
-    with pytest.raises(SystemExit, match=f"shard .*{victim} .*is missing"):
+    with pytest.raises(InputError, match=f"shard .*{victim} .*is missing"):
         hf.load_model(tmp_path / "b")
 
     ref = hf_llama(tmp_path / "c", "gqa")
     sd = {k: v.clone() for k, v in ref.state_dict().items()}
     f = tmp_path / "c" / "model.safetensors"
     save_file({**sd, "model.layers.1.self_attn.k_proj.weight": torch.zeros(16, 96)}, f)
-    with pytest.raises(SystemExit, match=r"model.safetensors: tensor 'model.layers.1.self_attn.k_proj.weight' has shape \(16, 96\), but the config implies \(24, 96\)"):
+    with pytest.raises(InputError, match=r"model.safetensors: tensor 'model.layers.1.self_attn.k_proj.weight' has shape \(16, 96\), but the config implies \(24, 96\)"):
         hf.load_model(tmp_path / "c")
     save_file({k: v for k, v in sd.items() if k != "model.layers.1.mlp.up_proj.weight"}, f)
-    with pytest.raises(SystemExit, match="tensor 'model.layers.1.mlp.up_proj.weight' is missing"):
+    with pytest.raises(InputError, match="tensor 'model.layers.1.mlp.up_proj.weight' is missing"):
         hf.load_model(tmp_path / "c")
     save_file({**sd, "model.layers.2.mlp.up_proj.weight": torch.zeros(96, 96)}, f)
-    with pytest.raises(SystemExit, match="unexpected tensor 'model.layers.2.mlp.up_proj.weight'"):
+    with pytest.raises(InputError, match="unexpected tensor 'model.layers.2.mlp.up_proj.weight'"):
         hf.load_model(tmp_path / "c")
     f.write_bytes(b"truncated download")
-    with pytest.raises(SystemExit, match="cannot read .*model.safetensors"):
+    with pytest.raises(InputError, match="cannot read .*model.safetensors"):
         hf.load_model(tmp_path / "c")
     os.remove(f)
-    with pytest.raises(SystemExit, match="no weights"):
+    with pytest.raises(InputError, match="no weights"):
         hf.load_model(tmp_path / "c")
-    with pytest.raises(SystemExit, match="not a Hugging Face directory"):
+    with pytest.raises(InputError, match="not a Hugging Face directory"):
         hf.load_model(tmp_path / "nowhere")
-    with pytest.raises(SystemExit, match="qk_norm but uniform layers"):
+    with pytest.raises(InputError, match="qk_norm but uniform layers"):
         hf.save_model(Transformer(ModelConfig(vocab_size=32, n_layer=1, n_embd=32, n_head=2, ffn_dim=32, qk_norm=True)), tmp_path / "x")
 
 
 # ----------------------------------------------------------------------------- the scripts
 
 def test_scripts_accept_hf_dirs(tmp_path, sp_models):
-    checkpoint = pytest.importorskip("checkpoint")
+    import checkpoint
     torch.manual_seed(3)
     ours = Transformer(ModelConfig(**{**ELM, "vocab_size": 300})).eval()
     hf.save_model(ours, tmp_path / "elm")  # as on the Hub: no tokenizer
@@ -410,7 +411,7 @@ def test_exported_tokenizer_matches_in_transformers(tmp_path, sp_models, sp):
 
 
 def test_export_our_checkpoint_from_the_command_line(tmp_path, sp_models):
-    checkpoint = pytest.importorskip("checkpoint")
+    import checkpoint
     torch.manual_seed(4)
     ours = randomize_norms(Transformer(ModelConfig(vocab_size=400, block_size=64, n_layer=2, n_embd=64, n_head=4,
                                                    n_kv_head=1, ffn_dim=96, init_std=0.1))).eval()
@@ -420,7 +421,7 @@ def test_export_our_checkpoint_from_the_command_line(tmp_path, sp_models):
     (data / "meta.json").write_text(json.dumps({"tokenizer": "sentencepiece", "tokenizer_file": "tokenizer.model",
                                                 "tiktoken_encoding": None, "vocab_size": 400, "bos_id": 1, "eos_id": 2}))
     checkpoint.save(str(tmp_path / "run"), 10, ours, ours.configure_optimizers(0.1, 1e-3, (0.9, 0.95)), {}, data_dir=str(data))
-    r = subprocess.run([sys.executable, "hf.py", "--export", f"--init_from={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"],
+    r = subprocess.run([sys.executable, "export.py", f"--init_from={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "with tokenizer.model" in r.stdout, r.stdout + r.stderr
     assert_same(transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval(), ours, 400)

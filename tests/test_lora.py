@@ -10,6 +10,7 @@ import checkpoint
 import lora
 from model import ModelConfig, Transformer
 from test_train import TINY, TINY_ELM, assert_same_run, base, losses, make_data, run, torchrun
+from configurator import InputError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +87,11 @@ def test_init_is_a_function_of_seed_and_name():
 
 
 def test_bad_lora_settings_are_refused(tmp_path, data, pretrained):
-    with pytest.raises(SystemExit, match="lora_targets"):
+    with pytest.raises(InputError, match="lora_targets"):
         lora.add(tiny(), rank=4, alpha=8, targets="q_proj,v_proj")  # Hugging Face's split names are not ours
-    with pytest.raises(SystemExit, match="lora_rank"):
+    with pytest.raises(InputError, match="lora_rank"):
         lora.add(tiny(), rank=0, alpha=8)
-    with pytest.raises(SystemExit, match="pretrained model"):
+    with pytest.raises(InputError, match="pretrained model"):
         run(**base(tmp_path, data, "scratch", lora_rank=4))
 
 
@@ -118,7 +119,7 @@ def test_lora_run_saves_only_adapters_and_loads_merged(tmp_path, data, pretraine
     import subprocess
     import sys
     from test_train import ROOT
-    p = subprocess.run([sys.executable, "hf.py", "--export", f"--init_from={s['out_dir']}", f"--out={tmp_path / 'exp'}"],
+    p = subprocess.run([sys.executable, "export.py", f"--init_from={s['out_dir']}", f"--out={tmp_path / 'exp'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     import hf  # the export of a LoRA run is an ordinary model folder holding the merged weights
@@ -136,7 +137,7 @@ def test_lora_resume_is_exact(tmp_path, data, pretrained):
 
 
 def test_lora_from_a_hugging_face_directory(tmp_path, data):
-    hf = pytest.importorskip("hf")
+    import hf
     hf.save_model(tiny(**TINY), str(tmp_path / "hf"))
     s = base(tmp_path, data, "hf_lora", init_from=str(tmp_path / "hf"), lora_rank=2, max_iters=2, **TINY)
     log = run(**s)
@@ -164,17 +165,15 @@ def test_lora_checkpoint_merges_in_float32_and_can_be_finetuned_further(tmp_path
 
 def _first_batch(data):
     """train.py's first batch under base()'s settings (seed 1337, 4 rows of 32)."""
-    import importlib
-    import prepare
+    import data as data_lib
     import train
-    importlib.reload(train)
-    train.seed, train.block_size, train.batch_size, train.global_batch_size = 1337, 32, 4, 4
-    return train.get_batch(prepare.open_split(data, "train"), 0, 0, 0, 1)
+    return train.get_batch(data_lib.open_split(data, "train"), 0, 0, 0, 1, block_size=32, batch_size=4,
+                           global_batch_size=4, seed=1337)
 
 
 def test_lora_fsdp_resume_on_a_hugging_face_base(tmp_path, data):
     # the base comes through hf.py with real weights: the sharded resume must not build it on the meta device
-    hf = pytest.importorskip("hf")
+    import hf
     hf.save_model(tiny(seed=3), str(tmp_path / "hf"))
     kw = dict(init_from=str(tmp_path / "hf"), lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, global_batch_size=8,
               learning_rate=1e-2, **TINY_ELM)
@@ -199,5 +198,5 @@ def test_weight_diff_refuses_adapters(tmp_path, data, pretrained):
     import weight_diff
     s = base(tmp_path, data, "lora", init_from=pretrained, lora_rank=2, max_iters=1)
     run(**s)
-    with pytest.raises(SystemExit, match="holds LoRA adapters, not a model: export it merged"):
+    with pytest.raises(InputError, match="holds LoRA adapters, not a model: export it merged"):
         weight_diff.make(pretrained, s["out_dir"], str(tmp_path / "diff"))

@@ -11,6 +11,7 @@ import torch
 
 import configurator
 from model import IGNORE_INDEX, ModelConfig, Transformer, per_layer
+from configurator import InputError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -412,24 +413,29 @@ def test_configurator_applies_file_and_overrides(tmp_path):
 ])
 def test_configurator_refuses_bad_input(argv, message):
     scope = {"steps": 10, "flag": True, "__file__": "t.py"}
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(InputError, match=message):
         configurator.configure(scope, argv)
 
 
 def test_configurator_refuses_unknown_key_in_file(tmp_path):
     cfg = tmp_path / "c.py"
     cfg.write_text("n_layre = 4\n")
-    with pytest.raises(SystemExit, match="unknown key 'n_layre'"):
+    with pytest.raises(InputError, match="unknown key 'n_layre'"):
         configurator.configure({"n_layer": 2}, [str(cfg)])
 
 
 def test_configurator_error_is_one_line_without_traceback(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(f"import sys; sys.path.insert(0, {ROOT!r})\nimport configurator\nsteps = 1\n"
-                      "configurator.configure(globals(), sys.argv[1:])\n")
+                      "configurator.main(configurator.configure, globals(), sys.argv[1:])\n")
     r = subprocess.run([sys.executable, str(script), "--steps=x"], capture_output=True, text=True)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert r.stderr.strip().count("\n") == 0 and "steps" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ") and "steps" in r.stderr
+    # a bug is not an InputError: it keeps its traceback
+    script.write_text(f"import sys; sys.path.insert(0, {ROOT!r})\nimport configurator\n"
+                      "configurator.main(lambda: [][1])\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "IndexError" in r.stderr
 
 
 # ----------------------------------------------------------------------------- an independent reference

@@ -13,7 +13,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import data as data_lib  # noqa: E402
 import prepare as P  # noqa: E402
+import tokenizer as tz  # noqa: E402
+from configurator import InputError  # noqa: E402
 
 STDLIB_FILES = ["bisect.py", "colorsys.py", "copy.py", "fnmatch.py", "glob.py", "heapq.py", "keyword.py",
                 "queue.py", "sched.py", "shlex.py", "string.py", "textwrap.py", "token.py", "tty.py"]
@@ -81,7 +84,7 @@ def _docs(ids, bos, eos):
 
 
 def test_sentencepiece_round_trip_keeps_code_layout(sp_model):
-    tok = P.Tokenizer(sp_model)
+    tok = tz.Tokenizer(sp_model)
     assert (tok.kind, tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id) == ("sentencepiece", 500, 1, 2, None)
     code = _synthetic(99) + TRICKY
     ids = tok.encode(code)
@@ -96,7 +99,7 @@ def test_sentencepiece_round_trip_keeps_code_layout(sp_model):
     assert any("\n" in p and p != "<0x0A>" for p in pieces)  # newlines are learned inside pieces
     for s in ["", " ", "\n", "\t\t", "   x", "x   ", "\n\n\n", "a\r\nb"]:
         assert tok.decode(tok.encode(s)) == s
-    assert P.Tokenizer(os.path.dirname(sp_model)).vocab_size == 500  # a folder holding tokenizer.model works too
+    assert tz.Tokenizer(os.path.dirname(sp_model)).vocab_size == 500  # a folder holding tokenizer.model works too
     assert pickle.loads(pickle.dumps(tok)).encode(code) == ids
 
 
@@ -122,14 +125,14 @@ def test_stdlib_corpus_and_its_split():
 
 
 def test_prepare_layout_splits_and_bos_eos(prepared, corpus, sp_model):
-    meta = P.read_meta(prepared)
+    meta = data_lib.read_meta(prepared)
     assert list(meta) == ["tokenizer", "tokenizer_file", "tiktoken_encoding", "vocab_size", "dtype", "bos_id",
                           "eos_id", "pad_id", "source", "splits", "layout"]
     assert meta["layout"] == "stream"
     assert (meta["tokenizer"], meta["tokenizer_file"], meta["tiktoken_encoding"]) == ("sentencepiece", "tokenizer.model", None)
     assert (meta["vocab_size"], meta["dtype"], meta["bos_id"], meta["eos_id"], meta["pad_id"]) == (500, "uint16", 1, 2, None)
     assert open(os.path.join(prepared, "tokenizer.model"), "rb").read() == open(sp_model, "rb").read()
-    tok = P.load_tokenizer(prepared)
+    tok = data_lib.load_tokenizer(prepared)
     root, files = P.source_files(str(corpus))
     texts = {os.path.relpath(f, root).replace(os.sep, "/"): open(f, encoding="utf-8", newline="").read() for f in files}
     assert "pkg/mod_00.py" in texts and not any(k.startswith((".git", "__pycache__")) or k.endswith(".bin") for k in texts)
@@ -137,7 +140,7 @@ def test_prepare_layout_splits_and_bos_eos(prepared, corpus, sp_model):
     for s in P._SPLITS:
         info = meta["splits"][s]
         assert info["files"] == [f"{s}.bin"]
-        (arr,) = P.open_split(prepared, s)
+        (arr,) = data_lib.open_split(prepared, s)
         assert arr.dtype == np.uint16 and len(arr) == info["tokens"]
         want = [t for k, t in texts.items() if t and P.split_of(k, 0.2, 0.2) == s]  # sorted walk order
         got = [tok.decode(d) for d in _docs(np.asarray(arr), 1, 2)]
@@ -156,21 +159,21 @@ def test_prepare_twice_is_byte_identical_and_process_count_free(corpus, tmp_path
     assert a == b
     # one process or two: the same tokens (the model file records the trainer's thread count, nothing else differs)
     assert {f: v for f, v in a.items() if f != "tokenizer.model"} == {f: v for f, v in c.items() if f != "tokenizer.model"}
-    pieces = [[t._sp.id_to_piece(i) for i in range(t.vocab_size)] for t in map(P.load_tokenizer, (tmp_path / "a", tmp_path / "c"))]
+    pieces = [[t._sp.id_to_piece(i) for i in range(t.vocab_size)] for t in map(data_lib.load_tokenizer, (tmp_path / "a", tmp_path / "c"))]
     assert pieces[0] == pieces[1]
 
 
 def test_shards_concatenate_to_the_unsharded_files(prepared, corpus, sp_model, tmp_path):
     meta = _run(tmp_path / "sh", corpus, tokenizer=sp_model, shard_tokens=3000)
-    ref = P.read_meta(prepared)
+    ref = data_lib.read_meta(prepared)
     assert len(meta["splits"]["train"]["files"]) > 5
     for s in P._SPLITS:
         files = meta["splits"][s]["files"]
         n = -(-ref["splits"][s]["tokens"] // 3000)
         assert files == ([f"{s}_{i:03d}.bin" for i in range(n)] if n > 1 else [f"{s}.bin"])
-        shards = P.open_split(tmp_path / "sh", s)
+        shards = data_lib.open_split(tmp_path / "sh", s)
         assert all(len(x) == 3000 for x in shards[:-1]) and 0 < len(shards[-1]) <= 3000
-        assert np.array_equal(np.concatenate(shards), P.open_split(prepared, s)[0])
+        assert np.array_equal(np.concatenate(shards), data_lib.open_split(prepared, s)[0])
         assert {k: v for k, v in meta["splits"][s].items() if k != "files"} == \
                {k: v for k, v in ref["splits"][s].items() if k != "files"}
 
@@ -178,7 +181,7 @@ def test_shards_concatenate_to_the_unsharded_files(prepared, corpus, sp_model, t
 def test_rerun_resumes_after_the_last_finished_shard(prepared, corpus, sp_model, tmp_path, monkeypatch):
     out, kw = tmp_path / "r", dict(tokenizer=sp_model, shard_tokens=2500)
     calls = {"close": 0, "encode": 0}
-    close, encode = P._SplitWriter._close_shard, P.Tokenizer.encode
+    close, encode = P._SplitWriter._close_shard, tz.Tokenizer.encode
 
     def close_then_crash(self, *a):
         close(self, *a)
@@ -200,14 +203,14 @@ def test_rerun_resumes_after_the_last_finished_shard(prepared, corpus, sp_model,
         calls["encode"] += 1
         return encode(self, *a, **k)
 
-    monkeypatch.setattr(P.Tokenizer, "encode", counting_encode)
+    monkeypatch.setattr(tz.Tokenizer, "encode", counting_encode)
     meta = _run(out, corpus, **kw)
     n_docs = sum(v["documents"] for v in meta["splits"].values())
     assert 0 < calls["encode"] < n_docs  # documents wholly in finished shards were not tokenized again
     assert {f: os.stat(out / f).st_mtime_ns for f in finished} == mtimes  # finished shards untouched
     for s in P._SPLITS:
-        assert np.array_equal(np.concatenate(P.open_split(out, s)), P.open_split(prepared, s)[0])
-        assert meta["splits"][s]["documents"] == P.read_meta(prepared)["splits"][s]["documents"]
+        assert np.array_equal(np.concatenate(data_lib.open_split(out, s)), data_lib.open_split(prepared, s)[0])
+        assert meta["splits"][s]["documents"] == data_lib.read_meta(prepared)["splits"][s]["documents"]
     calls["encode"] = 0
     assert _run(out, corpus, **kw) == meta and calls["encode"] == 0  # complete: nothing redone
 
@@ -224,7 +227,7 @@ def test_rerun_resumes_after_the_last_finished_shard(prepared, corpus, sp_model,
     monkeypatch.setattr(P._SplitWriter, "_close_shard", close)
     assert runs > 5 and meta2 == meta
     for s in P._SPLITS:
-        assert np.array_equal(np.concatenate(P.open_split(out2, s)), P.open_split(prepared, s)[0])
+        assert np.array_equal(np.concatenate(data_lib.open_split(out2, s)), data_lib.open_split(prepared, s)[0])
     # changed settings start over and leave no stale shards behind
     meta = _run(out, corpus, tokenizer=sp_model, shard_tokens=10**9)
     assert sorted(f for f in os.listdir(out) if f.endswith(".bin")) == ["test.bin", "train.bin", "val.bin"]
@@ -243,29 +246,29 @@ class _FakeTiktoken:
 
 
 def test_token_dtype_follows_vocab_size(corpus, tmp_path, monkeypatch):
-    assert P.token_dtype(65536) == "uint16" and P.token_dtype(65537) == "uint32"
-    assert P.token_dtype(500, "uint32") == "uint32"
-    with pytest.raises(SystemExit, match="does not fit uint16.*--dtype=auto"):
-        P.token_dtype(70000, "uint16")
-    with pytest.raises(SystemExit, match="dtype='int8'"):
-        P.token_dtype(500, "int8")
+    assert data_lib.token_dtype(65536) == "uint16" and data_lib.token_dtype(65537) == "uint32"
+    assert data_lib.token_dtype(500, "uint32") == "uint32"
+    with pytest.raises(InputError, match="does not fit uint16.*--dtype=auto"):
+        data_lib.token_dtype(70000, "uint16")
+    with pytest.raises(InputError, match="dtype='int8'"):
+        data_lib.token_dtype(500, "int8")
     _FakeTiktoken.install(monkeypatch)
     meta = _run(tmp_path / "tt", corpus, tokenizer="tiktoken:fake")
     assert (meta["tokenizer"], meta["tokenizer_file"], meta["tiktoken_encoding"]) == ("tiktoken", None, "fake")
     assert (meta["vocab_size"], meta["dtype"], meta["bos_id"], meta["eos_id"]) == (70000, "uint32", 69999, 69999)
     assert not (tmp_path / "tt" / "tokenizer.model").exists()
-    (arr,) = P.open_split(tmp_path / "tt", "val")
+    (arr,) = data_lib.open_split(tmp_path / "tt", "val")
     assert arr.dtype == np.uint32 and os.path.getsize(tmp_path / "tt" / "val.bin") == 4 * len(arr)
     ids = np.asarray(arr)
     eot = np.flatnonzero(ids == 69999)  # bos == eos: every document is <eot> text <eot>
     starts, ends = eot[::2], eot[1::2]
     assert len(eot) == 2 * meta["splits"]["val"]["documents"] and starts[0] == 0 and ends[-1] == len(ids) - 1
     assert np.array_equal(starts[1:], ends[:-1] + 1)
-    tok = P.load_tokenizer(tmp_path / "tt")
+    tok = data_lib.load_tokenizer(tmp_path / "tt")
     texts = [tok.decode(ids[a + 1:b]) for a, b in zip(starts, ends)]
     assert sum(len(t.encode("utf-8")) for t in texts) == meta["splits"]["val"]["bytes"]
     assert [tok.encode(t) for t in texts] == [ids[a + 1:b].tolist() for a, b in zip(starts, ends)]
-    with pytest.raises(SystemExit, match="does not fit uint16"):
+    with pytest.raises(InputError, match="does not fit uint16"):
         _run(tmp_path / "tt16", corpus, tokenizer="tiktoken:fake", dtype="uint16")
 
 
@@ -294,9 +297,9 @@ def test_jsonl_parquet_and_separated_text_sources(sp_model, tmp_path):
                           max_documents=12, num_proc=1)
     assert sum(v["documents"] for v in meta["splits"].values()) == 12
     assert sum(v["bytes"] for v in meta["splits"].values()) == sum(len(r.encode()) for r in rows[:12])
-    with pytest.raises(SystemExit, match=r"a.jsonl:1 has no 'text' field .*'content'.*set --text_field"):
+    with pytest.raises(InputError, match=r"a.jsonl:1 has no 'text' field .*'content'.*set --text_field"):
         list(P.documents(str(d)))
-    with pytest.raises(SystemExit, match=r"b.parquet has no 'body' column"):
+    with pytest.raises(InputError, match=r"b.parquet has no 'body' column"):
         list(P.documents(str(d / "b.parquet"), text_field="body"))
 
 
@@ -320,7 +323,7 @@ def test_hf_source_streams_rows_and_fails_clearly(monkeypatch):
         raise ConnectionError("Couldn't reach 'org/set' on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(SystemExit, match=r"cannot stream Hugging Face dataset 'org/set' \(Couldn't reach.*network"):
+    with pytest.raises(InputError, match=r"cannot stream Hugging Face dataset 'org/set' \(Couldn't reach.*network"):
         list(P.documents("hf:org/set"))
 
 
@@ -343,22 +346,22 @@ def test_undecodable_files_are_skipped_and_counted(corpus, sp_model, tmp_path, c
     (dict(dtype="int8"), r"dtype='int8'"),
 ])
 def test_bad_settings_stop_with_one_clear_line(corpus, tmp_path, kw, message):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(InputError, match=message):
         _run(tmp_path / "x", corpus, **kw)
 
 
 def test_empty_corpus(tmp_path, sp_model):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "blank.txt").write_text("")
-    with pytest.raises(SystemExit, match="no documents in .*empty.*--extensions"):
+    with pytest.raises(InputError, match="no documents in .*empty.*--extensions"):
         _run(tmp_path / "o1", tmp_path / "empty", tokenizer=sp_model)
-    with pytest.raises(SystemExit, match="no text to train the tokenizer on"):
+    with pytest.raises(InputError, match="no text to train the tokenizer on"):
         _run(tmp_path / "o2", tmp_path / "empty")
 
 
 def test_missing_data_folder():
-    with pytest.raises(SystemExit, match="meta.json not found: prepare the data first"):
-        P.open_split("/no/such/data", "train")
+    with pytest.raises(InputError, match="meta.json not found: prepare the data first"):
+        data_lib.open_split("/no/such/data", "train")
 
 
 def _cli(*args, env=None):

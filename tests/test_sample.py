@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sample
+from configurator import InputError
 from model import ModelConfig, Transformer
 
 
@@ -221,13 +222,13 @@ class CharTokenizer:  # a character tokenizer, enough to check the chat format a
 
 
 def test_chat_prompt_is_prepares_open_instruct_encoding():
-    import prepare  # the one template: sample.py's chat prompts are tokenized as the finetuning data was
-    assert not hasattr(sample, "encode_chat") and not hasattr(sample, "chat_prompt")
+    import tokenizer  # the one template: sample.py's chat prompts are tokenized as the finetuning data was
+    assert sample.encode_chat is tokenizer.encode_chat and not hasattr(sample, "chat_prompt")  # not a second copy
     msgs = [("user", "hi there"), ("assistant", "hello!"), {"role": "user", "content": "how are you?"}]
-    text = prepare.chat_text(msgs, add_generation_prompt=True)
+    text = tokenizer.chat_text(msgs, add_generation_prompt=True)
     assert text == "<|user|>\nhi there\n<|assistant|>\nhello!</s>\n<|user|>\nhow are you?\n<|assistant|>\n"
     tok = CharTokenizer()
-    ids, mask = prepare.encode_chat(tok, msgs, add_generation_prompt=True)
+    ids, mask = tokenizer.encode_chat(tok, msgs, add_generation_prompt=True)
     assert ids[0] == tok.bos_id and ids.count(tok.eos_id) == 1
     cut = ids.index(tok.eos_id)
     assert tok.decode(ids[:cut]) + "</s>" + tok.decode(ids[cut:]) == text
@@ -261,22 +262,23 @@ def test_bad_input_gets_one_clear_line(monkeypatch):
         (lambda: load_with(model, None), "holds no tokenizer"),
     ]
     for fn, words in cases:
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(InputError) as e:
             fn()
         msg = str(e.value)
-        assert msg.startswith("error: ") and words in msg and "\n" not in msg
+        assert words in msg and "\n" not in msg
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A tiny LLaMA-shaped model with its own SentencePiece tokenizer, written as a Hugging Face directory."""
     import sentencepiece as spm
-    hf, prepare = pytest.importorskip("hf"), pytest.importorskip("prepare")
+    import hf
+    from tokenizer import Tokenizer
     d = tmp_path_factory.mktemp("hf")
     text = open(sample.__file__).read().splitlines()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_prefix=str(d / "sp"), vocab_size=300,
                                    model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1, remove_extra_whitespaces=False, minloglevel=2)
-    tok = prepare.Tokenizer(str(d / "sp.model"))
+    tok = Tokenizer(str(d / "sp.model"))
     hf.save_model(tiny_llama(0, vocab_size=tok.vocab_size).float(), str(d / "model"), tokenizer=tok)
     return str(d / "model")
 

@@ -1,6 +1,5 @@
 # train.py and checkpoint.py on a tiny model and a synthetic data folder: overfitting, exact resume,
 # accumulation = one big batch, DDP/FSDP2 under torchrun = one process, checkpoints, refused settings.
-import importlib
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 import checkpoint
+from configurator import InputError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 64
@@ -57,9 +57,8 @@ def base(tmp_path, data, name, **kw):
 
 
 def run(**settings):
-    """train.main in this process, on fresh module globals (train's settings are module globals)."""
+    """train.main in this process (it reads its settings, never changing the module's defaults)."""
     import train
-    importlib.reload(train)
     train.main(args(**settings))
     return [json.loads(line) for line in open(settings["log_file"])]
 
@@ -107,43 +106,39 @@ def test_accumulation_equals_one_big_batch_with_padding(tmp_path):
 
 
 def test_batches_are_a_pure_function_of_seed_and_step(data):
-    import prepare
+    import data as data_lib
     import train
-    importlib.reload(train)
-    train.block_size, train.global_batch_size, train.seed = 16, 8, 5
-    shards = prepare.open_split(data, "train")
-    train.batch_size = 8
-    whole = train.get_batch(shards, 7, 0, 0, 1)[0]
-    train.batch_size = 2  # 2 ranks x 2 micro-steps x 2 rows: the same global batch, split up
-    parts = torch.cat([train.get_batch(shards, 7, m, r, 2)[0] for m in range(2) for r in range(2)])
+    shards = data_lib.open_split(data, "train")
+    batch = lambda step, micro, rank, world, batch_size: train.get_batch(  # noqa: E731
+        shards, step, micro, rank, world, block_size=16, batch_size=batch_size, global_batch_size=8, seed=5)[0]
+    whole = batch(7, 0, 0, 1, 8)
+    # 2 ranks x 2 micro-steps x 2 rows: the same global batch, split up
+    parts = torch.cat([batch(7, m, r, 2, 2) for m in range(2) for r in range(2)])
     assert torch.equal(parts, whole)
-    assert not torch.equal(train.get_batch(shards, 8, 0, 0, 1)[0], train.get_batch(shards, 7, 0, 0, 1)[0])
+    assert not torch.equal(batch(8, 0, 0, 1, 8), batch(7, 0, 0, 1, 8))
 
 
 def test_lr_schedule_openelm_and_llama():
     import train
-    importlib.reload(train)
-    # OpenELM-270M (spec 2): warmup from 1e-6 over 5000 iters, cosine period 345001, min 0.1 x max
-    train.learning_rate, train.min_lr, train.warmup_iters, train.warmup_init_lr, train.lr_decay_iters = \
-        5.3e-3, 5.3e-4, 5000, 1e-6, 350_001
-    assert train.lr_at(0) == 1e-6
-    assert math.isclose(train.lr_at(2500), 1e-6 + 2500 * (5.3e-3 - 1e-6) / 5000)
-    assert math.isclose(train.lr_at(5000), 5.3e-3)
+    # OpenELM-270M (CoreNet's openelm_270M.yaml): warmup from 1e-6 over 5000 iters, cosine period 345001, min 0.1 x max
+    lr = lambda it: train.lr_at(it, 5.3e-3, 5.3e-4, 5000, 1e-6, 350_001)  # noqa: E731
+    assert lr(0) == 1e-6
+    assert math.isclose(lr(2500), 1e-6 + 2500 * (5.3e-3 - 1e-6) / 5000)
+    assert math.isclose(lr(5000), 5.3e-3)
     mid = 5000 + 345001 // 2
-    assert math.isclose(train.lr_at(mid), 5.3e-4 + 0.5 * 4.77e-3 * (1 + math.cos(math.pi * (mid - 5000) / 345001)))
-    assert math.isclose(train.lr_at(350_000), 5.3e-4, rel_tol=1e-6) and train.lr_at(400_000) == 5.3e-4
-    # OpenLLaMA-7B (spec 3.4): optax warmup_cosine_decay_schedule(0, 3e-4, 2000, 250000, 3e-5)
-    train.learning_rate, train.min_lr, train.warmup_iters, train.warmup_init_lr, train.lr_decay_iters = \
-        3e-4, 3e-5, 2000, 0.0, 250_000
-    assert train.lr_at(0) == 0.0 and math.isclose(train.lr_at(1000), 1.5e-4)
-    assert math.isclose(train.lr_at(126_000), 3e-5 + 0.5 * 2.7e-4)
-    assert train.lr_at(250_000) == 3e-5
+    assert math.isclose(lr(mid), 5.3e-4 + 0.5 * 4.77e-3 * (1 + math.cos(math.pi * (mid - 5000) / 345001)))
+    assert math.isclose(lr(350_000), 5.3e-4, rel_tol=1e-6) and lr(400_000) == 5.3e-4
+    # OpenLLaMA-7B (EasyLM's example script): optax warmup_cosine_decay_schedule(0, 3e-4, 2000, 250000, 3e-5)
+    lr = lambda it: train.lr_at(it, 3e-4, 3e-5, 2000, 0.0, 250_000)  # noqa: E731
+    assert lr(0) == 0.0 and math.isclose(lr(1000), 1.5e-4)
+    assert math.isclose(lr(126_000), 3e-5 + 0.5 * 2.7e-4)
+    assert lr(250_000) == 3e-5
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data):
     s = base(tmp_path, data, "nan", max_iters=20, learning_rate=1e8, warmup_iters=0, grad_clip=0.0,
              save_interval=1, keep_last=0)
-    with pytest.raises(SystemExit, match=r"(loss|gradient norm) became .* at step \d+"):
+    with pytest.raises(InputError, match=r"(loss|gradient norm) became .* at step \d+"):
         run(**s)
     last = checkpoint.latest(s["out_dir"])
     assert last is not None
@@ -202,10 +197,10 @@ def test_finetune_from_our_checkpoint(tmp_path, data):
 
 
 def test_bad_paths_and_settings_are_refused(tmp_path, data):
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(InputError, match="not found"):
         checkpoint.load_model(str(tmp_path / "nowhere"))
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(SystemExit, match="holds no checkpoint"):
+    with pytest.raises(InputError, match="holds no checkpoint"):
         checkpoint.load_model(str(tmp_path / "empty"))
     s = base(tmp_path, data, "bad")
     for extra, msg in (({"bogus_key": 1}, "unknown setting 'bogus_key'"),
@@ -217,10 +212,10 @@ def test_bad_paths_and_settings_are_refused(tmp_path, data):
                        ({"data_dir": str(tmp_path / "nodata")}, "prepare the data first"),
                        ({"vocab_size": 32}, "set --vocab_size=64"),
                        ({"block_size": 7000}, "longer than block_size")):
-        with pytest.raises(SystemExit, match=msg):
+        with pytest.raises(InputError, match=msg):
             run(**{**s, **extra})
     run(**{**s, "max_iters": 1})
-    with pytest.raises(SystemExit, match="already holds checkpoints"):
+    with pytest.raises(InputError, match="already holds checkpoints"):
         run(**{**s, "max_iters": 1})
 
 
@@ -271,7 +266,7 @@ def test_activation_checkpointing_changes_nothing_but_memory(tmp_path, data):
 
 
 def test_hugging_face_directory_loads_and_finetunes(tmp_path, data):
-    hf = pytest.importorskip("hf")
+    import hf
     from model import ModelConfig, Transformer
     torch.manual_seed(0)
     src = Transformer(ModelConfig(**TINY))
@@ -288,7 +283,7 @@ def test_hugging_face_directory_loads_and_finetunes(tmp_path, data):
 
 def test_resume_of_a_finetune_keeps_the_imported_architecture(tmp_path, data):
     # the settings name TINY's shape, the imported model is TINY_ELM's: a resume must rebuild the latter
-    hf = pytest.importorskip("hf")
+    import hf
     from model import ModelConfig, Transformer
     hf.save_model(Transformer(ModelConfig(**TINY_ELM)), str(tmp_path / "hf_elm"))
     s = base(tmp_path, data, "ft_elm", init_from=str(tmp_path / "hf_elm"), max_iters=2)
@@ -302,32 +297,28 @@ def test_resume_of_a_finetune_keeps_the_imported_architecture(tmp_path, data):
 
 def test_chat_rows_visit_every_row_once_per_epoch_and_mask_targets():
     import train
-    importlib.reload(train)
     n, T = 10, 6
     tokens = np.arange(n * T, dtype=np.uint16).reshape(n, T)  # row r holds r*T .. r*T+T-1
     mask = np.zeros((n, T), dtype=np.uint8)
     mask[:, 3:5] = 1  # "assistant" tokens 3 and 4 of each row
-    train.seed, train.global_batch_size, train.batch_size = 3, 5, 5
-    rows_of = lambda step: (train.get_rows((tokens, mask), step, 0, 0, 1)[0][:, 0] // T).tolist()
+    rows = lambda step, rank=0, world=1, batch_size=5: train.get_rows(  # noqa: E731
+        (tokens, mask), step, 0, rank, world, batch_size=batch_size, global_batch_size=5, seed=3)
+    rows_of = lambda step: (rows(step)[0][:, 0] // T).tolist()  # noqa: E731
     epoch0, epoch1 = rows_of(0) + rows_of(1), rows_of(2) + rows_of(3)
     assert sorted(epoch0) == sorted(epoch1) == list(range(n)) and epoch0 != epoch1
-    train.batch_size = 1  # 5 ranks x 1 row: the same global batch
-    split = torch.cat([train.get_rows((tokens, mask), 1, 0, r, 5)[0] for r in range(5)])
-    train.batch_size = 5
-    assert torch.equal(split, train.get_rows((tokens, mask), 1, 0, 0, 1)[0])
-    x, y = train.get_rows((tokens, mask), 0, 0, 0, 1)
+    split = torch.cat([rows(1, r, 5, 1)[0] for r in range(5)])  # 5 ranks x 1 row: the same global batch
+    assert torch.equal(split, rows(1)[0])
+    x, y = rows(0)
     assert torch.equal(y[:, 2:4], x[:, 3:5])  # position t predicts token t+1 where token t+1 is trained
     assert (y[:, :2] == -1).all() and (y[:, 4:] == -1).all()
 
 
 def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path):
     import train
-    importlib.reload(train)
     # Open-Instruct's: linear from learning_rate to min_lr after the warmup
-    train.lr_schedule, train.learning_rate, train.min_lr, train.warmup_iters, train.warmup_init_lr, train.lr_decay_iters = \
-        "linear", 1e-2, 0.0, 5, 0.0, 105
-    assert math.isclose(train.lr_at(5), 1e-2) and math.isclose(train.lr_at(55), 5e-3) and train.lr_at(105) == 0.0
-    assert math.isclose(train.lr_at(30), 1e-2 * 75 / 100)
+    lr = lambda it: train.lr_at(it, 1e-2, 0.0, 5, 0.0, 105, "linear")  # noqa: E731
+    assert math.isclose(lr(5), 1e-2) and math.isclose(lr(55), 5e-3) and lr(105) == 0.0
+    assert math.isclose(lr(30), 1e-2 * 75 / 100)
     # epochs and warmup_ratio become step counts from the number of chat rows: 10 rows, 4 per step, 3 epochs
     d = tmp_path / "rows"
     d.mkdir()

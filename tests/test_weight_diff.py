@@ -15,6 +15,7 @@ import checkpoint
 import hf
 import weight_diff as wd
 from model import ModelConfig, Transformer
+from configurator import InputError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLAMA = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, ffn_dim=64, block_size=32)
@@ -194,16 +195,16 @@ def test_wrong_or_damaged_inputs_leave_nothing(tmp_path):
     other_sd = hf_tensors(tmp_path / "other")  # norm weights start at 1 in both: the first difference comes later
     first = next(k for k, e in info["tensors"].items() if wd.sha256(other_sd[k]) != e["base_sha256"])
     assert first != next(iter(info["tensors"]))
-    with pytest.raises(SystemExit, match=f"base tensor '{first}' differs .*another base .*{info['base_checksum']}"):
+    with pytest.raises(InputError, match=f"base tensor '{first}' differs .*another base .*{info['base_checksum']}"):
         wd.recover(str(tmp_path / "other"), str(tmp_path / "diff"), str(tmp_path / "rec"))
-    with pytest.raises(SystemExit, match=r"tensor .* is float32 \[.*\] in base but bfloat16 \[.*\] in the diff: the diff was made against another base"):
+    with pytest.raises(InputError, match=r"tensor .* is float32 \[.*\] in base but bfloat16 \[.*\] in the diff: the diff was made against another base"):
         wd.recover(str(tmp_path / "base32"), str(tmp_path / "diff"), str(tmp_path / "rec"))
     # a damaged diff file: caught by the tuned checksum after the addition, since the base is right
     f = tmp_path / "diff" / "model.safetensors"
     raw = bytearray(f.read_bytes())
     raw[-1] ^= 0x7F  # the top byte of the last float: its sign and exponent
     f.write_bytes(bytes(raw))
-    with pytest.raises(SystemExit, match="recovered tensor .* does not match its checksum .*damaged"):
+    with pytest.raises(InputError, match="recovered tensor .* does not match its checksum .*damaged"):
         wd.recover(str(tmp_path / "base"), str(tmp_path / "diff"), str(tmp_path / "rec"))
     assert not any(p.name.startswith((".rec", "rec")) for p in tmp_path.iterdir())  # no output, no temp folder
 
@@ -225,11 +226,11 @@ def test_bad_inputs_one_line_each(tmp_path):
              (("base", "tuned", "full"), r"--out=.*full exists and is not empty"),
              (("base", "full", "o"), r"neither a Hugging Face model")]
     for (b, t, o), msg in cases:
-        with pytest.raises(SystemExit, match=msg):
+        with pytest.raises(InputError, match=msg):
             wd.make(str(tmp_path / b), str(tmp_path / t), str(tmp_path / o))
-    with pytest.raises(SystemExit, match="has no weight_diff.json"):
+    with pytest.raises(InputError, match="has no weight_diff.json"):
         wd.recover(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "o"))
-    with pytest.raises(SystemExit, match="--diff=.*nope not found"):
+    with pytest.raises(InputError, match="--diff=.*nope not found"):
         wd.recover(str(tmp_path / "base"), str(tmp_path / "nope"), str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
 
@@ -279,7 +280,7 @@ def test_mixed_kinds_refused(tmp_path, data_dir):
     base, tuned = pair(LLAMA)
     checkpoint.save(str(tmp_path / "ours"), 1, tuned, torch.optim.AdamW(tuned.parameters()), {}, data_dir=data_dir)
     hf.save_model(base, tmp_path / "hf")
-    with pytest.raises(SystemExit, match="--base is a Hugging Face directory but --tuned is one of our checkpoints"):
+    with pytest.raises(InputError, match="--base is a Hugging Face directory but --tuned is one of our checkpoints"):
         wd.make(str(tmp_path / "hf"), str(tmp_path / "ours"), str(tmp_path / "o"))
 
 

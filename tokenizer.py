@@ -1,0 +1,140 @@
+"""
+Tokenizers and the chat template: the text <-> ids of every script.
+
+    Tokenizer("path/tokenizer.model")   SentencePiece (LLaMA, OpenLLaMA, OpenELM's Llama-2 tokenizer, ours)
+    Tokenizer("tiktoken:gpt2")          a tiktoken encoding
+    encode_chat(tok, messages)          (ids, trained-target mask) of a conversation in the Open-Instruct template
+
+Every tokenizer has the same interface: encode(text, bos=, eos=), decode(ids), vocab_size, bos_id, eos_id, pad_id.
+"""
+import os
+
+from configurator import InputError
+
+
+class Tokenizer:
+    """One interface over a SentencePiece model file (LLaMA, OpenLLaMA, ours) and a tiktoken encoding."""
+
+    def __init__(self, spec):
+        self.spec = str(spec)
+        if self.spec.startswith("tiktoken:"):
+            self.kind, self.name = "tiktoken", self.spec
+            self._enc = _tiktoken_encoding(self.spec.split(":", 1)[1])
+            self.vocab_size = self._enc.n_vocab
+            self.bos_id = self.eos_id = self._enc.eot_token  # tiktoken's one special token, <|endoftext|>, is both
+            self.pad_id = None
+            return
+        import sentencepiece as spm
+        path = os.path.join(self.spec, "tokenizer.model") if os.path.isdir(self.spec) else self.spec
+        if not os.path.isfile(path):
+            raise InputError(f"tokenizer file {path!r} not found: give a SentencePiece .model file, "
+                             f"'tiktoken:<encoding>', or leave --tokenizer empty to train one")
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=path)
+        except (RuntimeError, OSError) as e:
+            raise InputError(f"{path} is not a SentencePiece model ({e}): give a tokenizer.model file")
+        self.kind, self.name = "sentencepiece", path
+        self.vocab_size = self._sp.get_piece_size()
+        self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+        self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else None  # LLaMA's has none (-1)
+
+    def encode(self, text, bos=False, eos=False, continuation=False):
+        """continuation=True: the text continues a sequence already begun (a chat turn after the first), so no
+        dummy-prefix space is added: LLaMA's SentencePiece puts a "▁" before the text of every encode call."""
+        if self.kind == "tiktoken":
+            ids = self._enc.encode_ordinary(text)
+        else:
+            ids = (self._continuation() if continuation else self._sp).encode(text)
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+    def _continuation(self):
+        if not hasattr(self, "_sp_cont") and not self._sp.id_to_piece(self._sp.encode("a")[0]).startswith("▁"):
+            self._sp_cont = self._sp  # no dummy prefix to begin with (ours)
+        if not hasattr(self, "_sp_cont"):  # the same model with add_dummy_prefix off
+            import sentencepiece as spm
+            try:
+                from sentencepiece import sentencepiece_model_pb2
+            except ImportError:
+                raise InputError("encoding chat turns with this tokenizer needs protobuf: pip install protobuf")
+            proto = sentencepiece_model_pb2.ModelProto.FromString(self._sp.serialized_model_proto())
+            proto.normalizer_spec.add_dummy_prefix = False
+            self._sp_cont = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        return self._sp_cont
+
+    def decode(self, ids):
+        ids = [int(i) for i in ids]  # numpy and torch integers in, plain ints out
+        return self._sp.decode(ids) if self.kind == "sentencepiece" else self._enc.decode(ids)
+
+    def __reduce__(self):  # pickles as its spec, so DataLoader and Pool workers can take one
+        return Tokenizer, (self.spec,)
+
+
+def _tiktoken_encoding(enc_name):
+    try:
+        import tiktoken
+    except ImportError:
+        raise InputError(f"tokenizer 'tiktoken:{enc_name}' needs the tiktoken package: pip install tiktoken")
+    if enc_name not in tiktoken.list_encoding_names():
+        raise InputError(f"unknown tiktoken encoding {enc_name!r}: use one of {tiktoken.list_encoding_names()}")
+    try:
+        return tiktoken.get_encoding(enc_name)
+    except Exception as e:  # requests' ConnectionError, an HTTP error, a bad cache: all mean "could not get the files"
+        raise InputError(f"tiktoken could not fetch the BPE files of {enc_name!r} ({type(e).__name__}; this "
+                         f"machine may be offline): copy tiktoken's cache from a connected machine and point "
+                         f"TIKTOKEN_CACHE_DIR at it")
+
+
+
+# -----------------------------------------------------------------------------
+# chat: the Open-Instruct (Tulu) template, the one tokenization shared by training data and sample.py's prompts
+_ROLES = ("system", "user", "assistant")
+
+
+def turns(messages, where="chat"):
+    """[(role, content)] from {"role", "content"} dicts or (role, content) pairs, checked."""
+    turns = []
+    for j, m in enumerate(messages):
+        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else \
+            tuple(m) if isinstance(m, (list, tuple)) and len(m) == 2 else (None, None)
+        if role not in _ROLES:
+            raise InputError(f"{where}, message {j}: role {role!r} is not system, user or assistant: fix the data")
+        if not isinstance(content, str):
+            raise InputError(f"{where}, message {j}: content is {type(content).__name__}, not a string: fix the data")
+        turns.append((role, content))
+    return turns
+
+
+def _segments(messages, add_generation_prompt, where="chat"):
+    """The template as (text, trained) pieces, text None for EOS. Each piece is tokenized on its own, so the mask
+    boundary is exact and a conversation's prefix tokenizes as the prompt that asks for its next reply. The "\\n"
+    after an EOS opens the next piece: the reply's last target is the EOS, which ends generation."""
+    pieces, nl = [], ""
+    for role, content in turns(messages, where):
+        if role == "assistant":
+            pieces += [(nl + "<|assistant|>\n", False), (content.strip(), True), (None, True)]
+        else:
+            pieces.append((f"{nl}<|{role}|>\n{content.strip()}\n", False))
+        nl = "\n" if role == "assistant" else ""
+    if add_generation_prompt:
+        pieces.append((nl + "<|assistant|>\n", False))
+    elif nl:
+        pieces.append((nl, False))
+    return pieces
+
+
+def chat_text(messages, eos="</s>", add_generation_prompt=False):
+    """The template as text: "<|user|>\\n{msg}\\n<|assistant|>\\n{reply}</s>\\n..." (for display and tests)."""
+    return "".join(eos if t is None else t for t, _ in _segments(messages, add_generation_prompt))
+
+
+def encode_chat(tok, messages, add_generation_prompt=False, where="chat"):
+    """(ids, mask) of a conversation: BOS, then the template piece by piece, each assistant turn ending in the real EOS
+    id (SentencePiece would spell "</s>" out as text). mask[t] is True where token t is a trained target: the
+    assistant's content and its EOS, never a header. add_generation_prompt ends with the "<|assistant|>\\n" header."""
+    ids, mask = [tok.bos_id], [False]
+    for text, trained in _segments(messages, add_generation_prompt, where):
+        piece = [tok.eos_id] if text is None else tok.encode(text, continuation=len(ids) > 1)
+        ids += piece
+        mask += [trained] * len(piece)
+    return ids, mask
+
