@@ -144,7 +144,7 @@ def settings_for(argv):
             raise InputError(f"{sources[k]} sets {k}={s[k]!r}, but {resume_from} was trained with {k}={was!r}: on "
                              f"resume the checkpoint's settings hold; resume without the config file, or ask for the "
                              f"change with --{k}={s[k]!r}")
-        else:
+        elif os.environ.get("RANK", "0") == "0":
             print(f"resume: {k} {was!r} -> {s[k]!r} ({sources[k]})")
     return s, resume_from
 

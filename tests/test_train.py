@@ -1,5 +1,6 @@
 # train.py and checkpoint.py on a tiny model and a synthetic data folder: overfitting, exact resume,
 # accumulation = one big batch, DDP/FSDP2 under torchrun = one process, checkpoints, refused settings.
+import contextlib
 import json
 import math
 import os
@@ -93,6 +94,42 @@ def test_exact_resume_bf16_elm(tmp_path, data):
     assert losses(halves) == losses(straight)  # bit-identical
     assert losses(halves, "grad_norm") == losses(straight, "grad_norm")
     assert os.path.basename(checkpoint.latest(str(tmp_path / "halves"))) == "step_0000006"
+
+
+def test_resume_keeps_the_checkpoints_settings(tmp_path, data, capsys):
+    s = base(tmp_path, data, "rs", max_iters=2, batch_size=2, global_batch_size=4, **TINY_ELM)
+    run(**s)
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(f"out_dir = {s['out_dir']!r}\nbatch_size = 4\n")  # the file's value differs from the run's
+    with pytest.raises(InputError, match=r"cfg.py sets batch_size=4, but .* was trained with batch_size=2: .*"
+                                         r"resume without the config file, or ask for the change with --batch_size=4"):
+        import train
+        train.main([str(cfg), "--init_from=resume", "--max_iters=3"])
+    with pytest.raises(InputError, match="keeps its architecture"):
+        run(init_from="resume", out_dir=s["out_dir"], max_iters=3, n_layer=5)
+    capsys.readouterr()
+    log = run(init_from="resume", out_dir=s["out_dir"], max_iters=3, batch_size=4, log_file=str(tmp_path / "rs2.jsonl"))
+    assert "resume: batch_size 2 -> 4 (--batch_size=4)" in capsys.readouterr().out and log[-1]["step"] == 3
+    info = checkpoint.read_info(checkpoint.latest(s["out_dir"]))["settings"]
+    # what was not asked for is the checkpoint's (not train.py's defaults), and the architecture is the model's
+    assert (info["batch_size"], info["global_batch_size"], info["learning_rate"]) == (4, 4, s["learning_rate"])
+    assert info["qk_norm"] is True and info["head_dim"] == TINY_ELM["head_dim"] and info["n_layer"] == 3
+
+
+def test_val_loss_depends_on_the_weights_alone(tmp_path, data):
+    import train
+    from model import ModelConfig, Transformer
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**TINY))
+    val = train.open_data(data, "val", 32)
+    losses = {train.evaluate(model, train.val_set(val, False, 24, 32, 1337, None, rank, world, bs), contextlib.nullcontext(),
+                             False) for bs in (1, 5, 24) for rank, world in [(0, 1)]}
+    # two ranks: the sums of both halves (each padded to the same batch count) over the tokens of both
+    parts = [train.val_set(val, False, 24, 32, 1337, None, r, 2, 5) for r in range(2)]
+    assert len(parts[0]) == len(parts[1])
+    sums = [[(model(x, y)[1].item() * (y != -1).sum().item(), (y != -1).sum().item()) for x, y in p] for p in parts]
+    two = sum(a for p in sums for a, _ in p) / sum(n for p in sums for _, n in p)
+    assert max(losses) - min(losses) <= 1e-6 * max(losses) and abs(two - max(losses)) <= 1e-5 * two, (losses, two)
 
 
 def test_accumulation_equals_one_big_batch_with_padding(tmp_path):
@@ -192,7 +229,9 @@ def test_finetune_from_our_checkpoint(tmp_path, data):
     run(**s)
     ft = run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=7))  # n_layer ignored
     model, _ = checkpoint.load_model(str(tmp_path / "ft"))
-    assert len(model.layers) == TINY["n_layer"] and checkpoint.read_info(checkpoint.latest(str(tmp_path / "ft")))["step"] == 1
+    info = checkpoint.read_info(checkpoint.latest(str(tmp_path / "ft")))
+    assert len(model.layers) == TINY["n_layer"] and info["step"] == 1
+    assert info["settings"]["n_layer"] == TINY["n_layer"]  # the architecture trained, not the ignored setting
     assert ft[0]["loss"] < run(**base(tmp_path, data, "fresh", max_iters=1))[0]["loss"]  # starts from trained weights
 
 
@@ -233,7 +272,7 @@ def torchrun(**settings):
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_torchrun_two_processes_match_one(tmp_path, data, parallel):
-    kw = dict(max_iters=4, global_batch_size=8, **TINY_ELM)
+    kw = dict(max_iters=4, global_batch_size=8, eval_interval=2, eval_windows=13, **TINY_ELM)  # 13: ranks get 7 + 6
     one = run(**base(tmp_path, data, "one", batch_size=8, **kw))
     s = base(tmp_path, data, parallel, batch_size=2, parallel=parallel, **kw)  # 2 ranks x 2 micro-steps x 2 rows
     if parallel == "fsdp":  # half, then a sharded resume: the model is built on the meta device and loaded shard-wise
@@ -250,6 +289,9 @@ def assert_same_run(s, one, one_dir):
     two = [json.loads(line) for line in open(s["log_file"])]
     np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
     np.testing.assert_allclose(losses(two, "grad_norm"), losses(one, "grad_norm"), rtol=1e-4)
+    if s.get("eval_interval"):  # the val loss is the same set's, whatever the world size and batch
+        assert len(losses(one, "val_loss")) == 2
+        np.testing.assert_allclose(losses(two, "val_loss"), losses(one, "val_loss"), rtol=1e-5)
     ours, _ = checkpoint.load_model(s["out_dir"])
     ref, _ = checkpoint.load_model(one_dir)
     for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
