@@ -3,10 +3,11 @@ Hugging Face and Meta checkpoints in and out: the one file that knows external f
 
   load_model(path)       a Hugging Face directory (config.json with model_type "openelm" or "llama", weights as
                          safetensors or pytorch_model*.bin, one file or sharded with an index json), or Meta's
-                         original consolidated.*.pth + params.json (interleaved RoPE: q/k permuted, spec 3.3)
+                         original consolidated.*.pth + params.json (interleaved RoPE: q/k permuted as transformers'
+                         convert_llama_weights_to_hf.py does)
   load_tokenizer(path)   the directory's SentencePiece tokenizer.model (OpenELM ships none: pass Llama-2's)
   save_model(model, path) LLaMA-family models for transformers' LlamaForCausalLM; OpenELM models in the Hub's
-                         layout (config.json + transformer.* tensors, spec 1.6) that Apple's modeling code reads
+                         layout (config.json + transformer.* tensors) that Apple's modeling_openelm.py reads
 
 One explicit name map per format below. Every tensor in the files must be used, every parameter filled, each
 with the shape config.json implies; anything else stops with one line naming the file or tensor. The command
@@ -30,7 +31,7 @@ from model import ModelConfig, Transformer, per_layer
 from tokenizer import Tokenizer
 
 # One name map per format: our parameter -> the external tensors stacked by rows into it ({i}: layer index).
-OPENELM = {  # the Hub's OpenELM (spec 1.6): already fused; gate is the first half of proj_1 (spec trap 8)
+OPENELM = {  # Apple's modeling_openelm.py on the Hub: already fused; proj_1 is [gate | up] (its OpenELMFeedForwardNetwork)
     "tok_embeddings.weight": ["transformer.token_embeddings.weight"],
     "layers.{i}.attn_norm.weight": ["transformer.layers.{i}.attn_norm.weight"],
     "layers.{i}.attn.qkv_proj.weight": ["transformer.layers.{i}.attn.qkv_proj.weight"],
@@ -43,7 +44,7 @@ OPENELM = {  # the Hub's OpenELM (spec 1.6): already fused; gate is the first ha
     "norm.weight": ["transformer.norm.weight"],
     "lm_head.weight": ["lm_head.weight"],  # only when share_input_output_layers is false
 }
-LLAMA = {  # transformers' LlamaForCausalLM (spec 3.2): rotate-half layout already, never permuted
+LLAMA = {  # transformers' LlamaForCausalLM (modeling_llama.py): rotate-half layout already, never permuted
     "tok_embeddings.weight": ["model.embed_tokens.weight"],
     "layers.{i}.attn_norm.weight": ["model.layers.{i}.input_layernorm.weight"],
     "layers.{i}.attn.qkv_proj.weight": [f"model.layers.{{i}}.self_attn.{x}_proj.weight" for x in "qkv"],
@@ -67,7 +68,7 @@ META = {  # Meta's consolidated.*.pth, and EasyLM weights saved under Meta's nam
 }
 # Meta's model-parallel shards split column-parallel weights by rows and row-parallel ones (and the embedding) by columns
 META_CAT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1}
-IGNORED = re.compile(r"(rotary_emb\.inv_freq|rope\.freqs)$")  # stale RoPE buffers of old converters (spec trap 15)
+IGNORED = re.compile(r"(rotary_emb\.inv_freq|rope\.freqs)$")  # RoPE buffers that old converters saved
 
 
 def _read_json(path):
@@ -75,7 +76,8 @@ def _read_json(path):
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise InputError(f"{path} not found: give a Hugging Face model directory (config.json + weights) or a Meta one (params.json)")
+        raise InputError(f"{path} not found: give a Hugging Face model directory (config.json + weights) or a Meta "
+                         "one (params.json)")
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON ({e}): download it again")
 
@@ -111,7 +113,7 @@ def load_config(path):
     kind = cfg.get("model_type")
     if kind not in ("openelm", "llama"):
         raise InputError(f"{where} has model_type {kind!r}: nanoELM reads 'openelm' (apple/OpenELM-*) and 'llama' "
-             f"(Llama, OpenLLaMA) checkpoints")
+                         f"(Llama, OpenLLaMA) checkpoints")
     try:
         return _openelm_config(cfg, where) if kind == "openelm" else _llama_config(cfg, where)
     except KeyError as e:
@@ -134,12 +136,13 @@ def _openelm_config(c, where):
         qkv_multipliers=pair(c["qkv_multipliers"]), ffn_multipliers=pair(c["ffn_multipliers"]),
         ffn_dim_divisor=c["ffn_dim_divisor"], qk_norm=c.get("normalize_qk_projections", True),
         tie_embeddings=c.get("share_input_output_layers", True), rope_theta=float(c.get("rope_freq_constant", 10000)),
-        norm_eps=1e-6, init="corenet")  # OpenELM's eps is fixed at 1e-6 (spec 1.1): the config has no field
-    # per-layer shapes come from the multipliers (spec 1.3); the head lists the Hub also stores must agree
+        norm_eps=1e-6, init="corenet")  # OpenELM's eps: CoreNet's RMSNorm default; the config has no field
+    # per-layer shapes come from the multipliers (ModelConfig.layer_dims); the head lists the Hub stores must agree
     dims = config.layer_dims()
     for key, j in (("num_query_heads", 0), ("num_kv_heads", 1)):
         if isinstance(c.get(key), list) and c[key] != [d[j] for d in dims]:
-            raise InputError(f"{where}: {key}={c[key]} disagrees with the heads its multipliers give, {[d[j] for d in dims]}")
+            raise InputError(f"{where}: {key}={c[key]} disagrees with the heads its multipliers give, "
+                             f"{[d[j] for d in dims]}")
     return config
 
 
@@ -149,7 +152,8 @@ def _llama_config(c, where):
     if scaling:
         raise InputError(f"{where} uses RoPE scaling {scaling}: nanoELM implements plain RoPE only")
     if c.get("hidden_act", "silu") != "silu" or c.get("attention_bias") or c.get("mlp_bias"):
-        raise InputError(f"{where}: only SiLU and bias-free projections are supported (hidden_act, attention_bias, mlp_bias)")
+        raise InputError(f"{where}: only SiLU and bias-free projections are supported (hidden_act, attention_bias, "
+                         "mlp_bias)")
     n_head = c["num_attention_heads"]
     return ModelConfig(
         vocab_size=c["vocab_size"], block_size=c.get("max_position_embeddings", 2048), n_layer=c["num_hidden_layers"],
@@ -163,7 +167,7 @@ def _meta_config(path):
     p = _read_json(os.path.join(path, "params.json"))
     files = _meta_files(path)
     # vocab_size is -1 in LLaMA-1's params.json and the FFN width follows a rounding rule OpenLLaMA-3B breaks
-    # (spec 3.1), so both are read from shard 0's tensors (memory-mapped: nothing else is read)
+    # (Meta's llama/model.py FeedForward; OpenLLaMA-3B's 8640 is 8704 by it), so both are read from shard 0's tensors (memory-mapped: nothing else is read)
     sd = _torch_load(files[0])
     try:
         vocab = sd["tok_embeddings.weight"].shape[0]
@@ -190,7 +194,7 @@ def _torch_load(f):
             return torch.load(f, map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
     except Exception as e:
         raise InputError(f"cannot read {f} as a weights file ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}): "
-             f"download it again")
+                         f"download it again")
 
 
 def _read_file(f):
@@ -218,8 +222,9 @@ def _weight_files(path):
             return [os.path.join(path, f) for f in files]
         if os.path.isfile(os.path.join(path, single)):
             return [os.path.join(path, single)]
-    raise InputError(f"{path} has config.json but no weights: expected model.safetensors, pytorch_model.bin, or shards with "
-         f"model.safetensors.index.json / pytorch_model.bin.index.json")
+    raise InputError(f"{path} has config.json but no weights: expected model.safetensors, pytorch_model.bin, or "
+                     "shards with "
+                     f"model.safetensors.index.json / pytorch_model.bin.index.json")
 
 
 def _read_meta(files):
@@ -263,7 +268,7 @@ def load_model(path, device="cpu", dtype=None):
     path = os.path.expanduser(str(path))
     if not is_hf_dir(path):
         raise InputError(f"{path} is not a Hugging Face directory (config.json with a model_type) nor a Meta one "
-             f"(params.json + consolidated.*.pth)")
+                         f"(params.json + consolidated.*.pth)")
     config = load_config(path)
     meta = _is_meta(path)
     if meta:
@@ -283,8 +288,9 @@ def load_model(path, device="cpu", dtype=None):
         if IGNORED.search(name) or (name == "lm_head.weight" and config.tie_embeddings):
             continue  # stale RoPE buffers; a tied model's copy of the embedding
         if name not in owner:
-            raise InputError(f"{f}: unexpected tensor {name!r} for this config (layers={config.n_layer}, tied={config.tie_embeddings}): "
-                 f"config.json does not match the weights, or this is not an OpenELM/LLaMA checkpoint")
+            raise InputError(f"{f}: unexpected tensor {name!r} for this config (layers={config.n_layer}, "
+                             f"tied={config.tie_embeddings}): "
+                             f"config.json does not match the weights, or this is not an OpenELM/LLaMA checkpoint")
         ours = owner[name]
         pending.setdefault(ours, {})[name] = (f, t)
         if len(pending[ours]) < len(want[ours]):
@@ -293,9 +299,10 @@ def load_model(path, device="cpu", dtype=None):
         parts = [parts[s] for s in want[ours]]
         for (f, t), src, rows in zip(parts, want[ours], _rows(model, ours, len(parts))):
             if tuple(t.shape) != (rows, *shape[1:]):
-                raise InputError(f"{f}: tensor {src!r} has shape {tuple(t.shape)}, but the config implies {(rows, *shape[1:])}")
+                raise InputError(f"{f}: tensor {src!r} has shape {tuple(t.shape)}, but the config implies "
+                                 f"{(rows, *shape[1:])}")
         ts = [t for _, t in parts]
-        if meta and ours.endswith("qkv_proj.weight"):  # Meta/EasyLM rotate interleaved pairs: permute q, k (spec 3.3)
+        if meta and ours.endswith("qkv_proj.weight"):  # Meta/EasyLM rotate interleaved pairs: permute q, k
             attn = model.get_submodule(ours[: -len(".qkv_proj.weight")])
             ts = [_unpermute(ts[0], attn.n_head), _unpermute(ts[1], attn.n_kv_head), ts[2]]
         # copy=True: fresh, aligned memory we own, never pages of a mapped file that may be replaced later
@@ -305,8 +312,9 @@ def load_model(path, device="cpu", dtype=None):
         done.add(ours)
     missing = [s for ours, srcs in want.items() if ours not in done for s in srcs if s not in pending.get(ours, {})]
     if missing:
-        raise InputError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all): the download is incomplete "
-             f"or config.json does not match the weights")
+        raise InputError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all): the download is "
+                         "incomplete "
+                         f"or config.json does not match the weights")
     return model
 
 
@@ -327,18 +335,21 @@ def load_tokenizer(path, tokenizer=None, required=True):
         if tokenizer:
             raise InputError(f"tokenizer file {file} not found")
         if config.qkv_multipliers is not None:
-            raise InputError(f"{path} is an OpenELM checkpoint, which ships no tokenizer: it uses Llama-2's. Copy tokenizer.model "
-                 f"from meta-llama/Llama-2-7b-hf into {path} (or pass tokenizer=/path/to/tokenizer.model)")
+            raise InputError(f"{path} is an OpenELM checkpoint, which ships no tokenizer: it uses Llama-2's. Copy "
+                             "tokenizer.model "
+                             f"from meta-llama/Llama-2-7b-hf into {path} (or pass tokenizer=/path/to/tokenizer.model)")
         if os.path.isfile(os.path.join(path, "tokenizer.json")):
-            raise InputError(f"{path} has only a fast tokenizer.json; nanoELM reads SentencePiece: add the model's tokenizer.model")
+            raise InputError(f"{path} has only a fast tokenizer.json; nanoELM reads SentencePiece: add the model's "
+                             "tokenizer.model")
         raise InputError(f"{path} has no tokenizer.model: copy the model's SentencePiece tokenizer.model there")
     tok = Tokenizer(file)
     # embeddings are often padded a little past the tokenizer (CoreNet's 32128 rows for 32000 pieces): allow
     # up to 128 spare rows; fewer rows than pieces, or many more, means another model's tokenizer
     if not 0 <= config.vocab_size - tok.vocab_size <= 128:
-        raise InputError(f"tokenizer {file} has {tok.vocab_size} pieces but the model in {path} has {config.vocab_size} "
-             f"embedding rows: use the tokenizer the model was trained with")
-    if tok.decode(tok.encode("a    b")) != "a    b":  # OpenLLaMA v1's tokenizer does this (spec 3.4)
+        raise InputError(f"tokenizer {file} has {tok.vocab_size} pieces but the model in {path} has "
+                         f"{config.vocab_size} "
+                         f"embedding rows: use the tokenizer the model was trained with")
+    if tok.decode(tok.encode("a    b")) != "a    b":  # OpenLLaMA v1's tokenizer does this (its README)
         print(f"warning: tokenizer {file} collapses runs of spaces (OpenLLaMA v1 does): indentation is lost, "
               f"so code comes out wrong; prefer the v2 models for code", file=sys.stderr)
     return tok
@@ -349,7 +360,8 @@ def load_tokenizer(path, tokenizer=None, required=True):
 def _openelm_hf_config(c, dtype):
     dims = c.layer_dims()
     if not (isinstance(c.qkv_multipliers, (int, float)) or len(c.qkv_multipliers) == 2):
-        raise InputError("OpenELM's modeling code takes qkv_multipliers as a number or a (lo, hi) range, not a per-layer list")
+        raise InputError("OpenELM's modeling code takes qkv_multipliers as a number or a (lo, hi) range, not a "
+                         "per-layer list")
     if c.norm_eps != 1e-6:
         print(f"warning: OpenELM's modeling code fixes RMSNorm eps at 1e-6; this model uses {c.norm_eps}", file=sys.stderr)
     return {"architectures": ["OpenELMForCausalLM"], "model_type": "openelm",
@@ -359,7 +371,7 @@ def _openelm_hf_config(c, dtype):
             "num_gqa_groups": c.num_gqa_groups, "num_query_heads": [d[0] for d in dims],
             "num_kv_heads": [d[1] for d in dims],
             "qkv_multipliers": c.qkv_multipliers if isinstance(c.qkv_multipliers, (int, float)) else list(c.qkv_multipliers),
-            "ffn_multipliers": per_layer(c.ffn_multipliers, c.n_layer),  # stored per layer, already rounded (spec 1.3)
+            "ffn_multipliers": per_layer(c.ffn_multipliers, c.n_layer),  # stored per layer, already rounded, as the Hub's
             "ffn_dim_divisor": c.ffn_dim_divisor, "ffn_with_glu": True, "activation_fn_name": "swish",
             "normalization_layer_name": "rms_norm", "normalize_qk_projections": c.qk_norm,
             "share_input_output_layers": c.tie_embeddings, "rope_freq_constant": int(c.rope_theta),
@@ -395,8 +407,9 @@ def save_model(model, path, tokenizer=None, dtype=None, max_shard_size=5 * 2**30
     c = model.config
     openelm = c.qkv_multipliers is not None
     if c.qk_norm and not openelm:
-        raise InputError("a model with qk_norm but uniform layers has no Hugging Face format: transformers' Llama has no "
-             "QK-norm and OpenELM's code needs layer-wise scaling (qkv_multipliers)")
+        raise InputError("a model with qk_norm but uniform layers has no Hugging Face format: transformers' Llama has "
+                         "no "
+                         "QK-norm and OpenELM's code needs layer-wise scaling (qkv_multipliers)")
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or model.tok_embeddings.weight.dtype
     table = OPENELM if openelm else LLAMA
     tensors = {}  # external name -> a view of our parameter (q/k/v and gate/up split apart); cast one shard at a time

@@ -6,7 +6,9 @@ One Transformer for OpenELM and LLaMA/OpenLLaMA. The two families differ only in
   LLaMA (as reproduced by OpenLLaMA): uniform layers, untied lm_head, head_dim = width / heads, N(0, 0.02).
 
 Shared: pre-norm RMSNorm, SwiGLU, no biases, rotate-half RoPE (the Hugging Face weight layout).
-Numbers and traps are in shared/spec/architectures.md ("spec" below).
+OpenELM's rules are CoreNet's (apple/corenet, corenet/modeling/models/language_modeling/general_gpt.py: GPTConfig,
+MultiHeadCausalAttention, FeedForwardNetwork, GeneralGPTModel.reset_parameters), LLaMA's are transformers'
+modeling_llama.py; each comment below names the function a rule comes from.
 
 Both families run fused projections here (one qkv matmul, one gate+up matmul): fewer, larger kernels.
 OpenELM's checkpoints are already laid out that way; hf.py concatenates LLaMA's q/k/v and gate/up on
@@ -36,7 +38,8 @@ def make_divisible(v, divisor, min_value=None):
 
 def per_layer(mult, n_layer):
     """A multiplier per layer: a number is constant, a pair (lo, hi) is spread linearly over the layers
-    and rounded to 2 decimals (the rounding changes widths: spec 1.3), a list of n_layer is used as given.
+    and rounded to 2 decimals (GPTConfig.__post_init__ does; without it some widths change), a list of n_layer is
+    used as given.
     Mirrors numpy's linspace (i*step + lo, last = hi) and np.round (round(x * 100) / 100) in plain
     Python, so the widths match CoreNet and HF bit for bit without numpy in this file."""
     if isinstance(mult, (int, float)):
@@ -119,17 +122,17 @@ class ModelConfig:
     n_kv_head: int = 0  # 0 = n_head (multi-head attention); fewer = grouped-query attention
     head_dim: int = 0  # 0 = n_embd // n_head; OpenELM fixes it (64, or 128 for 3B)
     ffn_dim: int = 3072  # SwiGLU hidden width
-    # OpenELM layer-wise scaling (spec 1.3): when qkv_multipliers is set, it replaces n_head/n_kv_head/ffn_dim
+    # OpenELM layer-wise scaling (GPTConfig.__post_init__): when qkv_multipliers is set, it replaces n_head/n_kv_head/ffn_dim
     qkv_multipliers: Optional[object] = None  # (0.5, 1.0): query width per layer as a fraction of n_embd
     ffn_multipliers: Optional[object] = None  # (0.5, 4.0): FFN width per layer as a multiple of n_embd
-    num_gqa_groups: int = 4  # query heads per kv head: a group SIZE, not a group count (spec trap 2)
+    num_gqa_groups: int = 4  # query heads per kv head: a group SIZE (CoreNet: n_kv = n_q // num_gqa_groups)
     ffn_dim_divisor: int = 256
     # family differences
     qk_norm: bool = False  # RMSNorm over head_dim on q and k, before RoPE (OpenELM)
     tie_embeddings: bool = False  # logits = h @ E^T, no lm_head (OpenELM)
     norm_eps: float = 1e-6  # 1e-6 OpenELM/OpenLLaMA/LLaMA-1; 1e-5 Llama-2
     rope_theta: float = 10000.0
-    init: str = "normal"  # "normal": N(0, init_std) (LLaMA/EasyLM); "corenet": OpenELM's scheme (spec 1.7)
+    init: str = "normal"  # "normal": N(0, init_std) (LLaMA/EasyLM); "corenet": GeneralGPTModel.reset_parameters
     init_std: float = 0.02
     z_loss: float = 0.0  # OpenELM trains with 1e-4 * mean(logsumexp(logits)^2)
     # not architecture: which kernels run (kernels/__init__.py): auto | triton | sdpa | eager
@@ -203,7 +206,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, config.dim_head
         self.backend = config.backend
-        # rows [all q heads | all k heads | all v heads], head-major (spec 1.2 and trap 3)
+        # rows [all q heads | all k heads | all v heads], head-major (MultiHeadCausalAttention: split, not interleaved)
         self.qkv_proj = nn.Linear(config.n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=False)
         self.out_proj = nn.Linear(n_head * self.head_dim, config.n_embd, bias=False)
         if config.qk_norm:  # one weight over head_dim, shared by all heads of the layer
@@ -215,7 +218,7 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         qkv = self.qkv_proj(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
         q, k, v = qkv.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=2)  # (B, T, H, D)
-        if hasattr(self, "q_norm"):  # QK-norm comes before RoPE (spec trap 4)
+        if hasattr(self, "q_norm"):  # QK-norm comes before RoPE, as in MultiHeadCausalAttention.forward
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = kernels.apply_rope(q, k, cos, sin, backend=self.backend)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
@@ -228,7 +231,7 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, n_embd, ffn_dim):
         super().__init__()
-        self.gate_up_proj = nn.Linear(n_embd, 2 * ffn_dim, bias=False)  # rows [gate | up] (spec trap 8)
+        self.gate_up_proj = nn.Linear(n_embd, 2 * ffn_dim, bias=False)  # rows [gate | up]: FeedForwardNetwork applies SiLU to the first half
         self.down_proj = nn.Linear(ffn_dim, n_embd, bias=False)
 
     def forward(self, x):
@@ -278,7 +281,7 @@ class Transformer(nn.Module):
         elif c.init == "normal":  # LLaMA / EasyLM at the time of OpenLLaMA
             nn.init.normal_(p, mean=0.0, std=c.init_std)
         elif name.endswith(("out_proj.weight", "down_proj.weight")):
-            # CoreNet scales the residual outputs by model width and depth, not their fan-in (spec trap 9)
+            # reset_parameters scales the residual outputs by model width and depth, not by their fan-in
             nn.init.normal_(p, mean=0.0, std=c.n_embd ** -0.5 * (2 * c.n_layer) ** -0.5)
         elif name == "tok_embeddings.weight":
             nn.init.normal_(p, mean=0.0, std=c.n_embd ** -0.5)
@@ -350,10 +353,12 @@ class Transformer(nn.Module):
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token: 6 per weight that multiplies (forward 2, backward 4) plus attention's
         QK^T and AV, 12 * heads * head_dim * T per layer (PaLM appendix B, as nanoGPT). Attention is
-        counted over the full T (not halved for causal), so MFU compares with nanoGPT's and PaLM's. The
-        input embedding lookup multiplies nothing, so an untied embedding is not counted."""
+        counted over the full T (not halved for causal), so MFU compares with nanoGPT's and PaLM's. Norm weights
+        scale elementwise and the input embedding is a lookup: neither multiplies, so neither is counted (an
+        untied embedding; a tied one is the output projection too)."""
         T = seq_len or self.config.block_size
-        n = self.num_params() - (0 if self.config.tie_embeddings else self.tok_embeddings.weight.numel())
+        n = sum(p.numel() for p in self.parameters() if p.dim() >= 2)
+        n -= 0 if self.config.tie_embeddings else self.tok_embeddings.weight.numel()
         attn = sum(12 * n_head * self.config.dim_head * T for n_head, _, _ in self.config.layer_dims())
         return 6 * n + attn
 

@@ -120,7 +120,8 @@ def _safetensors(file, read):
         with safe_open(file, framework="pt") as s:
             return read(s)
     except Exception as e:
-        raise InputError(f"cannot read {file} ({type(e).__name__}: {e}): it is damaged or incomplete; download it again")
+        raise InputError(f"cannot read {file} ({type(e).__name__}: {e}): it is damaged or incomplete; download it "
+                         "again")
 
 
 _bin = lru_cache(maxsize=2)(hf._torch_load)  # memory-mapped: base's and tuned's current files stay open
@@ -145,11 +146,13 @@ class Source:
     def __init__(self, path, what):
         self.path = os.path.expanduser(path)
         if not os.path.isdir(self.path):
-            raise InputError(f"--{what}={path} not found: give a Hugging Face model directory or one of our run/checkpoint folders")
+            raise InputError(f"--{what}={path} not found: give a Hugging Face model directory or one of our "
+                             "run/checkpoint folders")
         ck, self.entries = checkpoint.resolve(self.path), {}  # name -> (file or None, dtype, shape), in file order
         if ck and checkpoint.read_info(ck).get("lora"):
-            raise InputError(f"--{what}={path} holds LoRA adapters, not a model: export it merged (python hf.py --export "
-                 f"--init_from={path} --out=...) and diff that against the base's Hugging Face directory")
+            raise InputError(f"--{what}={path} holds LoRA adapters, not a model: export it merged (python hf.py "
+                             "--export "
+                             f"--init_from={path} --out=...) and diff that against the base's Hugging Face directory")
         if ck:
             self.kind, self.format, self.path = "ours", "dcp", ck
             for k, m in dcp.FileSystemReader(ck).read_metadata().state_dict_metadata.items():
@@ -160,11 +163,13 @@ class Source:
             self.format = "safetensors" if files[0].endswith(".safetensors") else "pytorch_model.bin"
             self.entries = {k: (f, dtype, tuple(shape)) for f in files for k, (dtype, shape) in _entries(f).items()}
         else:
-            raise InputError(f"--{what}={path} holds neither a Hugging Face model (config.json) nor one of our checkpoints "
-                 f"(convert a Meta download with hf.py --export)")
+            raise InputError(f"--{what}={path} holds neither a Hugging Face model (config.json) nor one of our "
+                             "checkpoints "
+                             f"(convert a Meta download with hf.py --export)")
         bad = next((k for k, (_, dtype, _) in self.entries.items() if dtype not in ST_DTYPES), None)
         if bad:
-            raise InputError(f"{path}: tensor {bad!r} has a dtype weight_diff.py does not handle ({self.entries[bad][1]})")
+            raise InputError(f"{path}: tensor {bad!r} has a dtype weight_diff.py does not handle "
+                             f"({self.entries[bad][1]})")
         self.specs = {k: _spec(dtype, shape) for k, (_, dtype, shape) in self.entries.items()}
 
     def read(self, name):
@@ -226,8 +231,9 @@ def make(base, tuned, out):
     """Write tuned - base into the directory `out`; returns the tuned model's overall checksum."""
     b, t = Source(base, "base"), Source(tuned, "tuned")
     if b.kind != t.kind:
-        raise InputError(f"--base is {KIND[b.kind]} but --tuned is {KIND[t.kind]}: export ours with hf.py --export so both "
-             f"are Hugging Face directories")
+        raise InputError(f"--base is {KIND[b.kind]} but --tuned is {KIND[t.kind]}: export ours with hf.py --export so "
+                         "both "
+                         f"are Hugging Face directories")
     _same_tensors(b.specs, t.specs, ("base", "tuned"), "diff two models of one architecture and dtype "
                   "(hf.py --export --dtype=... casts one)")
     files = {}  # output file -> tensors: the tuned model's sharding, in safetensors whatever it was
@@ -276,16 +282,18 @@ def recover(base, diff, out):
         with open(os.path.join(diff, "weight_diff.json")) as f:
             info = json.load(f)
     except FileNotFoundError:
-        raise InputError(f"{diff} has no weight_diff.json: it is not a diff made by weight_diff.py make (recover a diff made by "
-             f"Alpaca's or Open-Instruct's script with theirs)")
+        raise InputError(f"{diff} has no weight_diff.json: it is not a diff made by weight_diff.py make (recover a "
+                         "diff made by "
+                         f"Alpaca's or Open-Instruct's script with theirs)")
     except ValueError as e:
         raise InputError(f"{diff}/weight_diff.json is not valid JSON ({e}): download the diff again")
     b, tensors = Source(base, "base"), info["tensors"]
     other = (f"the diff was made against another base (whose checksum is {info['base_checksum']}): give --base "
              f"the model it was made from")
     if b.kind != info["kind"]:
-        raise InputError(f"--base is {KIND[b.kind]} but the diff was made against {KIND[info['kind']]}: give --base the model "
-             f"it was made from (checksum {info['base_checksum']})")
+        raise InputError(f"--base is {KIND[b.kind]} but the diff was made against {KIND[info['kind']]}: give --base "
+                         "the model "
+                         f"it was made from (checksum {info['base_checksum']})")
     _same_tensors(b.specs, {k: _spec(e["dtype"], e["shape"]) for k, e in tensors.items()}, ("base", "the diff"), other)
     hashes, t0 = {}, time.time()
 
@@ -296,14 +304,16 @@ def recover(base, diff, out):
             raise InputError(f"base tensor {name!r} differs from the one the diff records: {other}")
         d = _safetensors(os.path.join(diff, e["file"]), lambda s: s.get_tensor(name))
         if list(d.shape) != e["shape"]:
-            raise InputError(f"{diff}/{e['file']}: {name!r} has shape {list(d.shape)}, not {e['shape']}: download the diff again")
+            raise InputError(f"{diff}/{e['file']}: {name!r} has shape {list(d.shape)}, not {e['shape']}: download the "
+                             "diff again")
         fix = [_safetensors(os.path.join(diff, FIXUPS), lambda s: s.get_tensor(name + k))
                for k in (".__fixup_index", ".__fixup_value")] if e["fixups"] else []
         y = add_diff(x, d, getattr(torch, e["dtype"]), *fix)
         hashes[name] = sha256(y)
         if hashes[name] != e["tuned_sha256"]:
-            raise InputError(f"recovered tensor {name!r} does not match its checksum in weight_diff.json: the diff's files are "
-                 f"damaged; download them again")
+            raise InputError(f"recovered tensor {name!r} does not match its checksum in weight_diff.json: the diff's "
+                             "files are "
+                             f"damaged; download them again")
         _progress(len(hashes) - 1, len(tensors), t0)
         return y
 
@@ -318,8 +328,9 @@ def recover(base, diff, out):
             files, specs = {}, {}
             checkpoint._dcp(dcp.save, {"model": {name: recovered(name) for name in tensors}}, tmp)
         if checksum(hashes) != info["tuned_checksum"]:
-            raise InputError(f"the recovered tensors' checksum {checksum(hashes)} is not the diff's {info['tuned_checksum']}: "
-                 f"weight_diff.json is damaged; download the diff again")
+            raise InputError(f"the recovered tensors' checksum {checksum(hashes)} is not the diff's "
+                             f"{info['tuned_checksum']}: "
+                             f"weight_diff.json is damaged; download the diff again")
         _finish(tmp, diff, files, specs)
     print(f"recovered {len(hashes)} tensors, checksum {info['tuned_checksum']} matches ({time.time() - t0:.1f}s)")
     return info["tuned_checksum"]

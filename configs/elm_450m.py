@@ -1,5 +1,5 @@
 # OpenELM-450M: architecture of corenet gpt_configs / HF OpenELM_CONFIGS and the published recipe
-# (spec sections 1.4 and 2). `python train.py configs/elm_450m.py` on 8 GPUs with torchrun.
+# (CoreNet projects/openelm/pretraining_configs/openelm_450M.yaml). `python train.py configs/elm_450m.py` on 8 GPUs with torchrun.
 # architecture (ModelConfig fields)
 vocab_size = 32000
 block_size = 2048

@@ -1,4 +1,4 @@
-# OpenLLaMA-13B (v1): LLaMA-13B shapes, trained by EasyLM on TPU (spec sections 3.1 and 3.4).
+# OpenLLaMA-13B (v1): LLaMA-13B shapes, trained by EasyLM on TPU (EasyLM LLaMAConfig and examples/pretrain_llama_7b.sh; the OpenLLaMA README).
 # `torchrun --nproc_per_node=8 train.py configs/open_llama_13b.py`
 # architecture (ModelConfig fields)
 vocab_size = 32000

@@ -1,4 +1,4 @@
-# OpenLLaMA-3B (v1/v2): 26 layers, width 3200, head_dim 100, trained by EasyLM on TPU (spec sections 3.1 and 3.4).
+# OpenLLaMA-3B (v1/v2): 26 layers, width 3200, head_dim 100, trained by EasyLM on TPU (EasyLM LLaMAConfig and examples/pretrain_llama_7b.sh; the OpenLLaMA README).
 # `torchrun --nproc_per_node=8 train.py configs/open_llama_3b.py`
 # architecture (ModelConfig fields)
 vocab_size = 32000

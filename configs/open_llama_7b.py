@@ -1,4 +1,4 @@
-# OpenLLaMA-7B (v1/v2): LLaMA-7B shapes, trained by EasyLM on TPU (spec sections 3.1 and 3.4).
+# OpenLLaMA-7B (v1/v2): LLaMA-7B shapes, trained by EasyLM on TPU (EasyLM LLaMAConfig and examples/pretrain_llama_7b.sh; the OpenLLaMA README).
 # `torchrun --nproc_per_node=8 train.py configs/open_llama_7b.py`
 # architecture (ModelConfig fields)
 vocab_size = 32000

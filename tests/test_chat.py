@@ -347,7 +347,7 @@ def test_a_finetuned_model_answers_in_turn_through_sample_chat(tok, chats, tmp_p
     # pretrain a tiny model on plain text, finetune it on the chat rows (loss on the replies only), then ask
     # sample.py's chat mode one of the trained questions: the greedy reply is the trained answer
     import subprocess
-    import test_train
+    from conftest import run
     path, recs = chats
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "a.txt").write_text("".join(f"{i} plus {i + 1} is {2 * i + 1}.\n" for i in range(200)))
@@ -356,9 +356,9 @@ def test_a_finetuned_model_answers_in_turn_through_sample_chat(tok, chats, tmp_p
     _prepare(tmp_path / "chat_data", path, tok, seq_len=128, val_fraction=0.0, test_fraction=0.0, packing="padded")
     arch = dict(vocab_size=tok.vocab_size, block_size=128, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, ffn_dim=128)
     common = dict(dtype="float32", log_interval=10, eval_interval=0, save_interval=0, batch_size=12, global_batch_size=12)
-    test_train.run(data_dir=str(tmp_path / "text_data"), out_dir=str(tmp_path / "pre"), max_iters=20, learning_rate=3e-3,
+    run(data_dir=str(tmp_path / "text_data"), out_dir=str(tmp_path / "pre"), max_iters=20, learning_rate=3e-3,
                    warmup_iters=0, lr_decay_iters=20, log_file=str(tmp_path / "pre.jsonl"), **arch, **common)
-    log = test_train.run(data_dir=str(tmp_path / "chat_data"), out_dir=str(tmp_path / "chat"), init_from=str(tmp_path / "pre"),
+    log = run(data_dir=str(tmp_path / "chat_data"), out_dir=str(tmp_path / "chat"), init_from=str(tmp_path / "pre"),
                          epochs=150.0, learning_rate=1e-2, min_lr=1e-3, warmup_ratio=0.03, lr_schedule="linear",
                          log_file=str(tmp_path / "chat.jsonl"), **common)
     assert len(log) == 15 and log[-1]["loss"] < 0.1  # 150 epochs of 12 rows, 12 per step: 150 steps
@@ -373,5 +373,5 @@ def test_a_finetuned_model_answers_in_turn_through_sample_chat(tok, chats, tmp_p
     meta["splits"]["train"].update(files=[], mask_files=[], rows=0)
     json.dump(meta, open(tmp_path / "chat_data" / "meta.json", "w"))
     with pytest.raises(InputError, match="train split of .* holds no conversations"):
-        test_train.run(data_dir=str(tmp_path / "chat_data"), out_dir=str(tmp_path / "empty"), init_from=str(tmp_path / "pre"),
+        run(data_dir=str(tmp_path / "chat_data"), out_dir=str(tmp_path / "empty"), init_from=str(tmp_path / "pre"),
                        epochs=1.0, log_file=str(tmp_path / "empty.jsonl"), **common)

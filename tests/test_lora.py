@@ -9,7 +9,7 @@ import torch
 import checkpoint
 import lora
 from model import ModelConfig, Transformer
-from test_train import TINY, TINY_ELM, assert_same_run, base, losses, make_data, run, torchrun
+from conftest import ROOT, TINY, TINY_ELM, assert_same_run, base, losses, make_data, run, torchrun
 from configurator import InputError  # noqa: E402
 
 
@@ -118,7 +118,6 @@ def test_lora_run_saves_only_adapters_and_loads_merged(tmp_path, data, pretraine
         assert (merged(idx) - checkpoint.load_model(pretrained)[0](idx)).abs().max() > 1e-4  # it did learn
     import subprocess
     import sys
-    from test_train import ROOT
     p = subprocess.run([sys.executable, "export.py", f"--init_from={s['out_dir']}", f"--out={tmp_path / 'exp'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
