@@ -119,9 +119,10 @@ def save(out_dir, step, model, optimizer, settings, data_dir=None, keep_last=3, 
         write_json(os.path.join(tmp, "train.json"), info)
         if data_dir and os.path.isfile(os.path.join(data_dir, "meta.json")):
             shutil.copy2(os.path.join(data_dir, "meta.json"), tmp)
-            tok = data.read_meta(data_dir).get("tokenizer_file")
-            if tok and os.path.isfile(os.path.join(data_dir, tok)):
-                shutil.copy2(os.path.join(data_dir, tok), tmp)
+            meta = data.read_meta(data_dir)
+            for f in meta.get("tokenizer_files") or [meta.get("tokenizer_file")]:
+                if f and os.path.isfile(os.path.join(data_dir, f)):
+                    shutil.copy2(os.path.join(data_dir, f), tmp)
         if os.path.isdir(final):  # the same step saved again (a run resumed from its final checkpoint)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -177,32 +178,37 @@ def load_model(path, device="cpu", dtype=None, tokenizer="", need_tokenizer=Fals
     if tokenizer:
         tok = data.load_tokenizer(tokenizer) if os.path.isfile(os.path.join(tokenizer, "meta.json")) else Tokenizer(tokenizer)
     if tok is None and need_tokenizer:
-        raise InputError(f"{path} holds no tokenizer (OpenELM ships none: it uses Llama-2's): "
-                         f"pass --tokenizer=path/to/tokenizer.model (or a prepared data dir)")
+        raise InputError(f"{path} holds no tokenizer (OpenELM ships none: it uses Llama-2's): pass "
+                         "--tokenizer=path/to/tokenizer.model (or a prepared data dir)")
     V = model.config.vocab_size
     if tok is not None and (tok.vocab_size > V or V - tok.vocab_size > 256):  # a model may pad its vocab a little
-        raise InputError(f"the tokenizer has {tok.vocab_size} tokens but {path} has {V}: they do not "
-                         f"belong together; pass --tokenizer=<the tokenizer it was trained with>")
+        raise InputError(f"the tokenizer has {tok.vocab_size} tokens but {path} has {V}: they do not belong "
+                         "together; pass --tokenizer=<the tokenizer it was trained with>")
     return model, tok
 
 
 def _load(path, device, dtype):
+    hf.refuse_gguf(path)
     if not os.path.isdir(path):
-        raise InputError(f"checkpoint {path!r} not found: give a run directory (out/<run>), one of its "
-                         f"step_* folders, or a Hugging Face model directory")
+        raise InputError(f"checkpoint {path!r} not found: give a run directory (out/<run>), one of its step_* "
+                         "folders, or a Hugging Face model directory")
     ck = resolve(path)
     if ck is None:
         if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "params.json")):
             return hf.load_model(path, device=device, dtype=dtype), hf.load_tokenizer(path, required=False)
-        raise InputError(f"{path} holds no checkpoint (no 'latest' pointer, train.json or config.json): "
-                         f"train one with train.py, or point at a Hugging Face model directory")
+        tok = [f for f in ("tokenizer.json", "tokenizer.model") if os.path.isfile(os.path.join(path, f))]
+        if tok:
+            raise InputError(f"{path} holds a tokenizer ({tok[0]}) but no model (no config.json or weights): point "
+                             f"--init_from at the model's directory, and --tokenizer={path} if it lacks one")
+        raise InputError(f"{path} holds no checkpoint (no 'latest' pointer, train.json or config.json): train one "
+                         "with train.py, or point at a Hugging Face model directory")
     info = read_info(ck)
     if info.get("lora"):  # adapters only: load the base they were trained on, add them, merge them in
         import lora
         base = info["lora_base"]
         if not os.path.isdir(base):
-            raise InputError(f"{ck} holds LoRA adapters for the base model {base}, which is not there: "
-                             f"put the base back at that path (or set lora_base in {ck}/train.json)")
+            raise InputError(f"{ck} holds LoRA adapters for the base model {base}, which is not there: put the base "
+                             f"back at that path (or set lora_base in {ck}/train.json)")
         # merged in float32, then cast: the base at full precision, and the adapters as they were trained
         model, tokenizer = _load(base, device, torch.float32)
         lora.add(model, **info["lora"])

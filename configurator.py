@@ -93,8 +93,8 @@ def configure(scope, argv, sources=None):
                 raise InputError(f"malformed argument {arg!r}: write --key=value")
             k, v = arg[2:].split("=", 1)
             if k not in keys:
-                raise InputError(f"unknown setting {k!r} in {arg!r}: check the spelling against the settings at "
-                                 f"the top of {scope.get('__file__', 'the script')}")
+                raise InputError(f"unknown setting {k!r} in {arg!r}: check the spelling against the settings at the "
+                                 f"top of {scope.get('__file__', 'the script')}")
             if isinstance(scope[k], str):  # a string setting takes the text as given: --name=123 is "123"
                 v = v[1:-1] if len(v) > 1 and v[0] == v[-1] and v[0] in "'\"" else v
             else:

@@ -4,7 +4,8 @@ A prepared data folder, as prepare.py writes it and train.py, eval.py and checkp
     data/<name>/meta.json          tokenizer, vocab size, bos/eos/pad ids, token dtype, the splits and their files
     data/<name>/<split>.bin        token ids, a flat uint16 (or uint32) array; <split>_NNN.bin when sharded
     data/<name>/<split>.mask.bin   chat rows only: one byte per token, 1 where the token is a trained target
-    data/<name>/tokenizer.model    the tokenizer (SentencePiece), unless meta.json names a tiktoken encoding
+    data/<name>/tokenizer.model    the tokenizer (SentencePiece; or tokenizer.json with tokenizer_config.json),
+                                   unless meta.json names a tiktoken encoding
 
 meta.json is written and read here and nowhere else.
 """
@@ -34,6 +35,7 @@ def write_meta(data_dir, splits, tok=None, dtype=None, source="", vocab_size=Non
     vocab_size = vocab_size or tok.vocab_size
     meta = {"tokenizer": tok.kind if tok else None,
             "tokenizer_file": os.path.basename(tok.name) if tok and tok.kind != "tiktoken" else None,
+            "tokenizer_files": [os.path.basename(f) for f in tok.files] if tok else [],
             "tiktoken_encoding": tok.spec.split(":", 1)[1] if tok and tok.kind == "tiktoken" else None,
             "vocab_size": vocab_size, "dtype": dtype or token_dtype(vocab_size),
             "bos_id": tok.bos_id if tok else bos_id, "eos_id": tok.eos_id if tok else eos_id,
@@ -81,8 +83,8 @@ def open_rows(data_dir, split):
     trained target. An empty split (no files: numpy cannot memory-map an empty one) gives (0, seq_len) arrays."""
     meta = read_meta(data_dir)
     if meta.get("layout", "stream") != "rows":
-        raise InputError(f"{data_dir} holds a token stream, not chat rows: prepare it with --chat_format=... "
-                         f"(or read it with open_split)")
+        raise InputError(f"{data_dir} holds a token stream, not chat rows: prepare it with --chat_format=... (or "
+                         "read it with open_split)")
     T = meta["seq_len"]
     tokens, mask = open_split(data_dir, split), open_split(data_dir, split, "mask_files", np.uint8)
     if not tokens:

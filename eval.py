@@ -205,9 +205,9 @@ def task_names(spec):
 def read_docs(data_dir, name, split):
     path = os.path.join(data_dir, name, f"{split}.jsonl")
     if not os.path.isfile(path):
-        raise InputError(f"task data {path} not found: run `python eval.py --tasks={name} --data_dir={data_dir}"
-                         f" --download=True` (needs `pip install datasets` and network), or write that file "
-                         f"(one JSON document per line, the public dataset's fields; see eval.py's docstring)")
+        raise InputError(f"task data {path} not found: run `python eval.py --tasks={name} --data_dir={data_dir} "
+                         "--download=True` (needs `pip install datasets` and network), or write that file (one JSON "
+                         "document per line, the public dataset's fields; see eval.py's docstring)")
     with open(path) as f:
         try:
             return [json.loads(line) for line in f if line.strip()]
@@ -228,8 +228,8 @@ def download_tasks(names, data_dir):
             try:
                 rows = datasets.load_dataset(t.hf[0], t.hf[1], split=sp)
             except Exception as e:  # offline, gated, renamed: all mean the same to the user
-                raise InputError(f"could not download {t.hf[0]} ({t.hf[1]}, split {sp}): {type(e).__name__}: "
-                                 f"{e}. Check the network, or write {path} by hand")
+                raise InputError(f"could not download {t.hf[0]} ({t.hf[1]}, split {sp}): {type(e).__name__}: {e}. "
+                                 f"Check the network, or write {path} by hand")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             print(f"{name}: {len(rows)} documents -> {path}")

@@ -14,6 +14,7 @@ with the shape config.json implies; anything else stops with one line naming the
 line that exports our runs is export.py; checkpoint.load_model reads Hugging Face and Meta directories through
 here.
 """
+import dataclasses
 import glob
 import json
 import os
@@ -69,6 +70,9 @@ META = {  # Meta's consolidated.*.pth, and EasyLM weights saved under Meta's nam
 # Meta's model-parallel shards split column-parallel weights by rows and row-parallel ones (and the embedding) by columns
 META_CAT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1}
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|rope\.freqs)$")  # RoPE buffers that old converters saved
+# Apple's OpenELMModel builds a `classifier` Linear when share_input_output_layers is false, but its forward uses
+# OpenELMForCausalLM.lm_head instead (modeling_openelm.py): checkpoints saved by that code carry both
+OPENELM_UNUSED = "transformer.classifier.weight"
 
 
 def _read_json(path):
@@ -113,7 +117,7 @@ def load_config(path):
     kind = cfg.get("model_type")
     if kind not in ("openelm", "llama"):
         raise InputError(f"{where} has model_type {kind!r}: nanoELM reads 'openelm' (apple/OpenELM-*) and 'llama' "
-                         f"(Llama, OpenLLaMA) checkpoints")
+                         "(Llama, OpenLLaMA) checkpoints")
     try:
         return _openelm_config(cfg, where) if kind == "openelm" else _llama_config(cfg, where)
     except KeyError as e:
@@ -193,8 +197,8 @@ def _torch_load(f):
                 raise
             return torch.load(f, map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
     except Exception as e:
-        raise InputError(f"cannot read {f} as a weights file ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}): "
-                         f"download it again")
+        raise InputError(f"cannot read {f} as a weights file ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]}): download it again")
 
 
 def _read_file(f):
@@ -211,6 +215,30 @@ def _read_file(f):
         yield from _torch_load(f).items()
 
 
+def _tensor_names(files):
+    """The tensor names of weights files, from the safetensors headers (or the memory-mapped .bin)."""
+    from safetensors import safe_open
+    names = set()
+    for f in files:
+        if not f.endswith(".safetensors"):
+            names |= set(_torch_load(f))
+            continue
+        try:
+            with safe_open(f, framework="pt") as s:
+                names |= set(s.keys())
+        except Exception as e:
+            raise InputError(f"cannot read {f} ({type(e).__name__}: {e}): download it again")
+    return names
+
+
+def refuse_gguf(path):
+    """One line for a GGUF file, or a folder of them: llama.cpp's quantized format is not read here."""
+    gguf = sorted(glob.glob(os.path.join(path, "*.gguf"))) if os.path.isdir(path) else [path]
+    if gguf and os.path.isfile(gguf[0]) and (gguf[0].endswith(".gguf") or open(gguf[0], "rb").read(4) == b"GGUF"):
+        raise InputError(f"{gguf[0]} is a GGUF file (llama.cpp's format), which nanoELM does not read: use the "
+                         f"model's Hugging Face directory (safetensors or pytorch_model.bin)")
+
+
 def _weight_files(path):
     for index, single in (("model.safetensors.index.json", "model.safetensors"),
                           ("pytorch_model.bin.index.json", "pytorch_model.bin")):
@@ -218,13 +246,14 @@ def _weight_files(path):
             files = sorted(set(_read_json(os.path.join(path, index))["weight_map"].values()))
             for f in files:
                 if not os.path.isfile(os.path.join(path, f)):
-                    raise InputError(f"shard {os.path.join(path, f)} (listed in {index}) is missing: download it again")
+                    raise InputError(f"shard {os.path.join(path, f)} (listed in {index}) is missing: download it "
+                                     "again")
             return [os.path.join(path, f) for f in files]
         if os.path.isfile(os.path.join(path, single)):
             return [os.path.join(path, single)]
+    refuse_gguf(path)
     raise InputError(f"{path} has config.json but no weights: expected model.safetensors, pytorch_model.bin, or "
-                     "shards with "
-                     f"model.safetensors.index.json / pytorch_model.bin.index.json")
+                     "shards with model.safetensors.index.json / pytorch_model.bin.index.json")
 
 
 def _read_meta(files):
@@ -268,15 +297,27 @@ def load_model(path, device="cpu", dtype=None):
     path = os.path.expanduser(str(path))
     if not is_hf_dir(path):
         raise InputError(f"{path} is not a Hugging Face directory (config.json with a model_type) nor a Meta one "
-                         f"(params.json + consolidated.*.pth)")
+                         "(params.json + consolidated.*.pth)")
     config = load_config(path)
     meta = _is_meta(path)
     if meta:
         table, tensors = META, _read_meta(_meta_files(path))
     else:
         cfg = _read_json(os.path.join(path, "config.json"))
+        quant = cfg.get("quantization") or cfg.get("quantization_config")
+        if quant:  # mlx-lm writes "quantization", transformers' quantizers "quantization_config"
+            fix = (f"dequantize it first (python -m mlx_lm.convert --hf-path {path} --mlx-path OUT -d)"
+                   if "quantization" in cfg else "use the full-precision original")
+            raise InputError(f"{path} holds a quantized model ({json.dumps(quant)[:80]}): nanoELM loads "
+                             f"full-precision weights; {fix}")
+        files = _weight_files(path)
         table = OPENELM if cfg["model_type"] == "openelm" else LLAMA
-        tensors = ((f, k, v) for f in _weight_files(path) for k, v in _read_file(f))
+        if (table is OPENELM and not config.tie_embeddings and cfg.get("tie_word_embeddings", True)
+                and "lm_head.weight" not in _tensor_names(files)):
+            # transformers' tie_word_embeddings defaults to true: Apple's code then ties lm_head to the embedding,
+            # and a file saved that way has no lm_head of its own
+            config = dataclasses.replace(config, tie_embeddings=True)
+        tensors = ((f, k, v) for f in files for k, v in _read_file(f))
         dtype = dtype or cfg.get("torch_dtype") or cfg.get("dtype")  # the stored dtype, unless asked otherwise
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     with torch.device("meta"):
@@ -285,12 +326,16 @@ def load_model(path, device="cpu", dtype=None):
     owner = {src: ours for ours, srcs in want.items() for src in srcs}
     pending, done = {}, set()  # parts of fused parameters wait here until all of them have been read
     for f, name, t in tensors:
-        if IGNORED.search(name) or (name == "lm_head.weight" and config.tie_embeddings):
-            continue  # stale RoPE buffers; a tied model's copy of the embedding
+        if IGNORED.search(name) or (name == "lm_head.weight" and config.tie_embeddings) or name == OPENELM_UNUSED:
+            continue  # stale RoPE buffers; a tied model's copy of the embedding; a layer Apple's code never calls
+        if name.endswith((".scales", ".biases")):
+            raise InputError(f"{path} is an MLX-quantized model ({name!r}): nanoELM loads full-precision weights; "
+                             f"dequantize it (python -m mlx_lm.convert --hf-path {path} --mlx-path OUT -d) or use the "
+                             f"original Hugging Face weights")
         if name not in owner:
             raise InputError(f"{f}: unexpected tensor {name!r} for this config (layers={config.n_layer}, "
-                             f"tied={config.tie_embeddings}): "
-                             f"config.json does not match the weights, or this is not an OpenELM/LLaMA checkpoint")
+                             f"tied={config.tie_embeddings}): config.json does not match the weights, or this is not "
+                             "an OpenELM/LLaMA checkpoint")
         ours = owner[name]
         pending.setdefault(ours, {})[name] = (f, t)
         if len(pending[ours]) < len(want[ours]):
@@ -313,19 +358,21 @@ def load_model(path, device="cpu", dtype=None):
     missing = [s for ours, srcs in want.items() if ours not in done for s in srcs if s not in pending.get(ours, {})]
     if missing:
         raise InputError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all): the download is "
-                         "incomplete "
-                         f"or config.json does not match the weights")
+                         "incomplete or config.json does not match the weights")
     return model
 
 
 # ----------------------------------------------------------------------------- tokenizer
 
 def load_tokenizer(path, tokenizer=None, required=True):
-    """The SentencePiece tokenizer.model of a model directory (or the file `tokenizer`), checked against the
-    model's vocabulary. Callers prepend BOS with encode(text, bos=True), as LLaMA and OpenELM were trained.
-    When the directory has none: an error saying how to supply one, or None if not required."""
+    """The tokenizer of a model directory: its SentencePiece tokenizer.model, else its tokenizer.json (with
+    tokenizer_config.json), or the file `tokenizer`; checked against the model's vocabulary. Callers prepend BOS
+    with encode(text, bos=True), as LLaMA and OpenELM were trained. When the directory has none: an error saying
+    how to supply one, or None if not required."""
     path = os.path.expanduser(str(path))
-    file = os.path.expanduser(str(tokenizer)) if tokenizer else os.path.join(path, "tokenizer.model")
+    file = os.path.expanduser(str(tokenizer)) if tokenizer else next(
+        (os.path.join(path, f) for f in ("tokenizer.model", "tokenizer.json") if os.path.isfile(os.path.join(path, f))),
+        os.path.join(path, "tokenizer.model"))
     if not tokenizer and _is_meta(path) and not os.path.isfile(file):  # Meta's downloads keep it one folder up
         file = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer.model")
     config = load_config(path)
@@ -336,19 +383,16 @@ def load_tokenizer(path, tokenizer=None, required=True):
             raise InputError(f"tokenizer file {file} not found")
         if config.qkv_multipliers is not None:
             raise InputError(f"{path} is an OpenELM checkpoint, which ships no tokenizer: it uses Llama-2's. Copy "
-                             "tokenizer.model "
-                             f"from meta-llama/Llama-2-7b-hf into {path} (or pass tokenizer=/path/to/tokenizer.model)")
-        if os.path.isfile(os.path.join(path, "tokenizer.json")):
-            raise InputError(f"{path} has only a fast tokenizer.json; nanoELM reads SentencePiece: add the model's "
-                             "tokenizer.model")
-        raise InputError(f"{path} has no tokenizer.model: copy the model's SentencePiece tokenizer.model there")
+                             f"tokenizer.model from meta-llama/Llama-2-7b-hf into {path} (or pass "
+                             "tokenizer=/path/to/tokenizer.model)")
+        raise InputError(f"{path} has no tokenizer.model or tokenizer.json: copy the model's tokenizer there (or pass "
+                         f"--tokenizer=...)")
     tok = Tokenizer(file)
     # embeddings are often padded a little past the tokenizer (CoreNet's 32128 rows for 32000 pieces): allow
     # up to 128 spare rows; fewer rows than pieces, or many more, means another model's tokenizer
     if not 0 <= config.vocab_size - tok.vocab_size <= 128:
         raise InputError(f"tokenizer {file} has {tok.vocab_size} pieces but the model in {path} has "
-                         f"{config.vocab_size} "
-                         f"embedding rows: use the tokenizer the model was trained with")
+                         f"{config.vocab_size} embedding rows: use the tokenizer the model was trained with")
     if tok.decode(tok.encode("a    b")) != "a    b":  # OpenLLaMA v1's tokenizer does this (its README)
         print(f"warning: tokenizer {file} collapses runs of spaces (OpenLLaMA v1 does): indentation is lost, "
               f"so code comes out wrong; prefer the v2 models for code", file=sys.stderr)
@@ -364,9 +408,9 @@ def _openelm_hf_config(c, dtype):
                          "per-layer list")
     if c.norm_eps != 1e-6:
         print(f"warning: OpenELM's modeling code fixes RMSNorm eps at 1e-6; this model uses {c.norm_eps}", file=sys.stderr)
+    # no auto_map: it would name modeling files the export does not ship (and make transformers ask, even for the
+    # tokenizer, whether to run code it cannot find); those who have Apple's files pass trust_remote_code and them
     return {"architectures": ["OpenELMForCausalLM"], "model_type": "openelm",
-            "auto_map": {"AutoConfig": "configuration_openelm.OpenELMConfig",
-                         "AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM"},
             "num_transformer_layers": c.n_layer, "model_dim": c.n_embd, "head_dim": c.dim_head,
             "num_gqa_groups": c.num_gqa_groups, "num_query_heads": [d[0] for d in dims],
             "num_kv_heads": [d[1] for d in dims],
@@ -374,7 +418,9 @@ def _openelm_hf_config(c, dtype):
             "ffn_multipliers": per_layer(c.ffn_multipliers, c.n_layer),  # stored per layer, already rounded, as the Hub's
             "ffn_dim_divisor": c.ffn_dim_divisor, "ffn_with_glu": True, "activation_fn_name": "swish",
             "normalization_layer_name": "rms_norm", "normalize_qk_projections": c.qk_norm,
-            "share_input_output_layers": c.tie_embeddings, "rope_freq_constant": int(c.rope_theta),
+            # transformers defaults tie_word_embeddings to true, which would replace an untied lm_head by the embedding
+            "share_input_output_layers": c.tie_embeddings, "tie_word_embeddings": c.tie_embeddings,
+            "rope_freq_constant": int(c.rope_theta),
             "rope_max_length": max(4096, c.block_size), "max_context_length": c.block_size,
             "vocab_size": c.vocab_size, "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.02,
             "torch_dtype": str(dtype).replace("torch.", ""), "transformers_version": _transformers_version()}
@@ -407,9 +453,12 @@ def save_model(model, path, tokenizer=None, dtype=None, max_shard_size=5 * 2**30
     c = model.config
     openelm = c.qkv_multipliers is not None
     if c.qk_norm and not openelm:
-        raise InputError("a model with qk_norm but uniform layers has no Hugging Face format: transformers' Llama has "
-                         "no "
-                         "QK-norm and OpenELM's code needs layer-wise scaling (qkv_multipliers)")
+        raise InputError("a model with qk_norm but uniform layers has no Hugging Face format: transformers' Llama "
+                         "has no QK-norm and OpenELM's code needs layer-wise scaling (qkv_multipliers)")
+    if not openelm and c.n_embd % c.n_head:  # LlamaConfig's validate_architecture, even with head_dim given
+        raise InputError(f"width {c.n_embd} is not a multiple of the {c.n_head} heads: transformers' LlamaConfig "
+                         f"refuses such a model (and so do mlx-lm and AutoTokenizer on its folder), whatever head_dim "
+                         f"says; there is no Hugging Face form of it to export")
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or model.tok_embeddings.weight.dtype
     table = OPENELM if openelm else LLAMA
     tensors = {}  # external name -> a view of our parameter (q/k/v and gate/up split apart); cast one shard at a time
@@ -451,10 +500,23 @@ def save_model(model, path, tokenizer=None, dtype=None, max_shard_size=5 * 2**30
 def _save_tokenizer(tokenizer, path, c):
     if tokenizer is None:
         return ", no tokenizer"
-    file = str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer.name  # a path or a tokenizer.Tokenizer
-    if getattr(tokenizer, "kind", "sentencepiece") != "sentencepiece" or not os.path.isfile(file):
-        print(f"warning: tokenizer {file} is not a SentencePiece file; the export carries no tokenizer", file=sys.stderr)
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)  # a path or a tokenizer.Tokenizer
+    if tok.kind == "tiktoken":
+        print(f"warning: {tok.name} is a tiktoken encoding, not a file: the export carries no tokenizer", file=sys.stderr)
         return ", no tokenizer"
+    if tok.kind == "tokenizers":  # tokenizer.json (and tokenizer_config.json) as they are: transformers reads them
+        for f in tok.files:
+            dst = os.path.join(path, os.path.basename(f))
+            if os.path.abspath(f) != os.path.abspath(dst):
+                atomic_write(dst, lambda tmp, f=f: shutil.copyfile(f, tmp))
+        if len(tok.files) == 1:  # name the special tokens' roles, which tokenizer.json alone does not
+            name = tok._fast.id_to_token
+            write_json(os.path.join(path, "tokenizer_config.json"), {
+                "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name(tok.bos_id),
+                "eos_token": name(tok.eos_id), "pad_token": None if tok.pad_id is None else name(tok.pad_id),
+                "model_max_length": c.block_size}, indent=2)
+        return ", with tokenizer.json"
+    file = tok.name
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(file))
     if os.path.abspath(file) != os.path.abspath(os.path.join(path, "tokenizer.model")):

@@ -2,7 +2,7 @@
 LoRA (Hu et al. 2021, arXiv 2106.09685): y = W x + (alpha / r) * B A dropout(x), with W frozen and only the
 low-rank A (r x in) and B (out x r) trained. train.py adds adapters with --lora_rank=N; checkpoint.py saves
 only the trainable (adapter) weights and load_model() merges them into the base, so sample.py, eval.py and
-`hf.py --export` see an ordinary model.
+`export.py` see an ordinary model.
 
     add(model, rank=16, alpha=32.0, dropout=0.05, targets="qkv_proj,out_proj,gate_up_proj,down_proj")
     init(model, seed)    # A as nn.Linear initialises a weight, B = 0: the model's output starts unchanged
@@ -45,8 +45,8 @@ def add(model, rank, alpha, dropout=0.0, targets=",".join(TARGETS)):
     """Freeze every parameter and put an adapter on each nn.Linear whose name is in `targets`."""
     names = [t.strip() for t in targets.split(",") if t.strip()] if isinstance(targets, str) else list(targets)
     if rank < 1 or not names or any(t not in TARGETS for t in names):
-        raise InputError(f"LoRA needs lora_rank >= 1 (got {rank}) and lora_targets from {','.join(TARGETS)} "
-                         f"(got {targets!r}): fix --lora_rank or --lora_targets")
+        raise InputError(f"LoRA needs lora_rank >= 1 (got {rank}) and lora_targets from {','.join(TARGETS)} (got "
+                         f"{targets!r}): fix --lora_rank or --lora_targets")
     model.requires_grad_(False)
     for block in model.layers:
         for parent in (block.attn, block.ffn):

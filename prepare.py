@@ -8,7 +8,7 @@ Text -> tokenizer + token files, the input of train.py and eval.py.
     python prepare.py --source=stdlib_functions --chat_format=messages --tokenizer=data/stdlib/tokenizer.model
 
 writes data/<name>/ (the layout is in data.py): token files (flat uint16/uint32 arrays of token ids, every document
-wrapped in BOS ... EOS), meta.json, tokenizer.model (SentencePiece only) and manifest.json, the progress record a
+wrapped in BOS ... EOS), meta.json, the tokenizer's files (not for tiktoken) and manifest.json, the progress record a
 re-run resumes from. With --chat_format, conversations instead: <split>.bin holds rows of seq_len tokens in the
 Open-Instruct template (tokenizer.py) and <split>.mask.bin one byte per token, 1 where the token is a trained target
 (assistant replies and their EOS).
@@ -40,7 +40,7 @@ source = "stdlib"  # "stdlib" (this interpreter's standard library), "stdlib_fun
 
 name = ""  # output folder data_root/<name>; "" derives it from the source
 data_root = "data"  # where the <name> folder goes
-tokenizer = ""  # "" trains a SentencePiece BPE on the train split; or path/to/tokenizer.model; or "tiktoken:gpt2"
+tokenizer = ""  # "" trains a SentencePiece BPE on the train split; or path/to/tokenizer.model or tokenizer.json; or "tiktoken:gpt2"
 vocab_size = 8192  # vocabulary of the trained tokenizer (ignored for an existing one)
 tokenizer_sentences = 25_000  # cap on the <=4000-character chunks the trainer sees (~80-100 MB, ~1 min on 2 cores)
 text_field = "text"  # the text column of .jsonl/.parquet rows and Hugging Face datasets
@@ -91,8 +91,8 @@ def source_files(src, exts=extensions):
     elif os.path.isfile(src):
         return os.path.dirname(src) or ".", [src]
     else:
-        raise InputError(f"source {src!r} not found: give 'stdlib', an existing .txt/.jsonl/.parquet file "
-                         f"or folder, or 'hf:<dataset>'")
+        raise InputError(f"source {src!r} not found: give 'stdlib', an existing .txt/.jsonl/.parquet file or folder, "
+                         "or 'hf:<dataset>'")
     files = []
     for d, dirs, names in os.walk(root):  # top-down, so sorting dirs in place fixes the whole order
         dirs[:] = sorted(x for x in dirs if x not in prune and x != "__pycache__" and not x.startswith("."))
@@ -179,8 +179,8 @@ def _hf_rows(dataset, config, split):
         yield from datasets.load_dataset(dataset, config or None, split=split, streaming=True)
     except Exception as e:  # offline, a wrong name or config, a dropped connection mid-stream
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise InputError(f"cannot stream Hugging Face dataset {dataset!r} ({msg}): check the name, "
-                         f"--hf_config and the network (offline machines need a local copy: --source=path)")
+        raise InputError(f"cannot stream Hugging Face dataset {dataset!r} ({msg}): check the name, --hf_config and "
+                         "the network (offline machines need a local copy: --source=path)")
 
 
 # -----------------------------------------------------------------------------
@@ -210,8 +210,8 @@ def _records(src, hf_config="", hf_split="train", skipped=None):
                 with open(path, encoding="utf-8") as f:
                     data = json.load(f)
                 if not isinstance(data, list):
-                    raise InputError(f"{path} holds a JSON {type(data).__name__}, not a list of records: "
-                                     f"give a list, or one record per line as .jsonl")
+                    raise InputError(f"{path} holds a JSON {type(data).__name__}, not a list of records: give a "
+                                     "list, or one record per line as .jsonl")
                 rows = ((f"{path}[{i}]", r) for i, r in enumerate(data))
             yield from ((f"{rel}#{i}", where, r) for i, (where, r) in enumerate(rows))
         except InputError:
@@ -247,8 +247,8 @@ def _field(rec, name, where, fmt, kind=str, default=None):
     if rec.get(name) is None:
         if default is not None:
             return default
-        raise InputError(f"{where} has no {name!r} field (it has {sorted(rec)}), which --chat_format={fmt} "
-                         f"needs: set the right --chat_format ({', '.join(CHAT_FORMATS)}; --messages_field) or fix the data")
+        raise InputError(f"{where} has no {name!r} field (it has {sorted(rec)}), which --chat_format={fmt} needs: "
+                         f"set the right --chat_format ({', '.join(CHAT_FORMATS)}; --messages_field) or fix the data")
     if not isinstance(rec[name], kind):
         raise InputError(f"{where}: {name!r} is a {type(rec[name]).__name__}, not a {kind.__name__}: fix the data")
     return rec[name]
@@ -297,8 +297,8 @@ def chat_format_of(rec, messages_field="messages", where="the first record"):
            "dolly" if {"instruction", "response"} <= keys else "oasst1" if {"message_id", "parent_id"} <= keys or
            isinstance(rec, dict) and isinstance(rec.get("prompt"), dict) else None)
     if fmt is None:
-        raise InputError(f"cannot tell the chat format of {where} from its keys {sorted(keys)}: set "
-                         f"--chat_format to one of {', '.join(CHAT_FORMATS)} (and --messages_field for messages)")
+        raise InputError(f"cannot tell the chat format of {where} from its keys {sorted(keys)}: set --chat_format to "
+                         f"one of {', '.join(CHAT_FORMATS)} (and --messages_field for messages)")
     return fmt
 
 
@@ -307,7 +307,8 @@ def conversations(src, chat_format="auto", messages_field="messages", hf_config=
     recs = _records(src, hf_config, hf_split, skipped)
     first = next(recs, None)
     if first is None:
-        raise InputError(f"no records in {src}: give a .json list, .jsonl or .parquet file or folder, or hf:<dataset>")
+        raise InputError(f"no records in {src}: give a .json list, .jsonl or .parquet file or folder, or "
+                         "hf:<dataset>")
     fmt = chat_format_of(first[2], messages_field, first[1]) if chat_format == "auto" else chat_format
     recs = itertools.chain([first], recs)
     if fmt == "oasst1" and isinstance(first[2], dict) and "prompt" not in first[2]:
@@ -473,18 +474,24 @@ def default_name(src, hf_config=""):
 
 
 def _install_tokenizer(out_dir, tok, train_texts, s, keep=False):
-    """The data folder's tokenizer: a SentencePiece model copied in, tiktoken recorded by name (in meta.json), or a
-    BPE trained on train_texts() (the train split only); keep: reuse the one an interrupted run trained."""
+    """The data folder's tokenizer: a tokenizer file copied in (a SentencePiece model, or a tokenizer.json with its
+    tokenizer_config.json), tiktoken recorded by name (in meta.json), or a BPE trained on train_texts() (the train
+    split only); keep: reuse the one an interrupted run trained."""
+    if tok is not None and tok.kind == "tiktoken":
+        return tok
+    if tok is not None:
+        for f in tok.files:
+            dst = os.path.join(out_dir, os.path.basename(f))
+            if not (os.path.isfile(dst) and os.path.samefile(f, dst)):
+                atomic_write(dst, lambda tmp, f=f: shutil.copyfile(f, tmp))
+        return Tokenizer(os.path.join(out_dir, os.path.basename(tok.name)))
     model_path = os.path.join(out_dir, "tokenizer.model")
-    if tok is not None and tok.kind == "sentencepiece":
-        if not (os.path.isfile(model_path) and os.path.samefile(tok.name, model_path)):
-            atomic_write(model_path, lambda tmp: shutil.copyfile(tok.name, tmp))
-    elif tok is None and not (keep and os.path.isfile(model_path)):
+    if not (keep and os.path.isfile(model_path)):
         t0 = time.time()
         print(f"training a {s['vocab_size']}-piece SentencePiece BPE on the train split of {s['source']} ...")
         n, chars = train_tokenizer(train_texts(), model_path, s["vocab_size"], s["tokenizer_sentences"], s["num_proc"])
         print(f"tokenizer trained on {n:,} chunks ({chars / 1e6:.1f}M characters) in {time.time() - t0:.1f}s")
-    return tok if tok is not None and tok.kind == "tiktoken" else Tokenizer(model_path)
+    return Tokenizer(model_path)
 
 
 def _settings(overrides):
@@ -595,8 +602,7 @@ def prepare_data(out_dir, **overrides):
         return _prepare_chat(out_dir, s, tok)
     manifest, resume = _manifest(out_dir, s)
     tok = _install_tokenizer(out_dir, tok, lambda: _train_texts(s), s, keep=resume)
-    model_path = os.path.join(out_dir, "tokenizer.model")
-    tok_id = tok.spec if tok.kind == "tiktoken" else hashlib.sha256(open(model_path, "rb").read()).hexdigest()
+    tok_id = tok.spec if tok.kind == "tiktoken" else hashlib.sha256(open(tok.name, "rb").read()).hexdigest()
     if manifest.get("tokenizer") not in (None, tok_id):  # token files made with another tokenizer are useless
         print(f"{out_dir}: the tokenizer changed since the last run, starting over")
         manifest = _clear(out_dir, manifest["settings"])
@@ -612,7 +618,7 @@ def prepare_data(out_dir, **overrides):
     seconds = time.time() - t0
     if sum(w.documents for w in writers.values()) == 0:
         raise InputError(f"no documents in {s['source']} ({len(skipped)} inputs skipped as unreadable or not UTF-8): "
-                         f"check the path, --extensions and --text_field")
+                         "check the path, --extensions and --text_field")
     splits = {k: w.finish(n_seen) for k, w in writers.items()}
     meta = write_meta(out_dir, splits, tok, dt, s["source"])
     manifest["complete"] = True
@@ -661,8 +667,9 @@ def _prepare_chat(out_dir, s, tok):
             ids, mask = encode_chat(tok, conv, where=where)
             if len(ids) > T:
                 if s["overlong"] == "error":
-                    raise InputError(f"{where} is {len(ids):,} tokens, more than seq_len={T}: raise --seq_len, "
-                                     f"or --overlong=drop to skip such conversations, or --overlong=truncate to cut them")
+                    raise InputError(f"{where} is {len(ids):,} tokens, more than seq_len={T}: raise --seq_len, or "
+                                     "--overlong=drop to skip such conversations, or --overlong=truncate to cut "
+                                     "them")
                 if s["overlong"] == "drop" or not any(mask[:T]):  # cut before its first reply: nothing left to learn
                     count[split]["dropped"] += 1
                     continue
@@ -670,8 +677,8 @@ def _prepare_chat(out_dir, s, tok):
                 count[split]["truncated"] += 1
             kept[split].append((np.array(ids, dt), np.array(mask, np.uint8)))  # ~3 bytes a token, not ~40
     if not any(kept.values()):
-        raise InputError(f"no conversations left in {src} ({sum(c['dropped'] for c in count.values())} dropped "
-                         f"as longer than seq_len={T}): raise --seq_len or use --overlong=truncate")
+        raise InputError(f"no conversations left in {src} ({sum(c['dropped'] for c in count.values())} dropped as "
+                         f"longer than seq_len={T}): raise --seq_len or use --overlong=truncate")
 
     splits = {}
     for k in _SPLITS:

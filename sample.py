@@ -170,8 +170,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     if speculate and B != 1:
         raise InputError(f"speculative decoding runs one sequence at a time, got a batch of {B}: loop over prompts")
     if assistant_model is not None and assistant_model.config.vocab_size != V:
-        raise InputError(f"the assistant model's vocabulary ({assistant_model.config.vocab_size}) differs from "
-                         f"the target's ({V}): the draft must share the target's tokenizer")
+        raise InputError(f"the assistant model's vocabulary ({assistant_model.config.vocab_size}) differs from the "
+                         f"target's ({V}): the draft must share the target's tokenizer")
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []), device=idx.device)
     greedy = greedy or temperature == 0
     warp = dict(temperature=1.0 if greedy else temperature, top_k=None if greedy else top_k,
@@ -318,8 +318,8 @@ def main(argv):
     if assistant_model:  # its own tokenizer, if it has one, must be the target's
         draft, draft_tok = checkpoint.load_model(assistant_model, device=device, dtype=ptdtype)
         if draft.config.vocab_size != model.config.vocab_size or (draft_tok and draft_tok.vocab_size != tok.vocab_size):
-            raise InputError(f"the assistant {assistant_model} has a vocabulary of {draft.config.vocab_size} "
-                             f"and the target {model.config.vocab_size}: the draft must share the target's tokenizer")
+            raise InputError(f"the assistant {assistant_model} has a vocabulary of {draft.config.vocab_size} and the "
+                             f"target {model.config.vocab_size}: the draft must share the target's tokenizer")
     stats = {}
     controls = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
                     repetition_penalty=repetition_penalty, greedy=greedy, prompt_lookup_num_tokens=prompt_lookup_num_tokens,

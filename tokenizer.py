@@ -2,47 +2,98 @@
 Tokenizers and the chat template: the text <-> ids of every script.
 
     Tokenizer("path/tokenizer.model")   SentencePiece (LLaMA, OpenLLaMA, OpenELM's Llama-2 tokenizer, ours)
+    Tokenizer("path/tokenizer.json")    a Hugging Face `tokenizers` file (Llama-3 and most current Hub models, and
+                                        mlx-lm's converted folders), special tokens from tokenizer_config.json beside it
     Tokenizer("tiktoken:gpt2")          a tiktoken encoding
+    Tokenizer("path/")                  the folder's tokenizer.model, else its tokenizer.json
     encode_chat(tok, messages)          (ids, trained-target mask) of a conversation in the Open-Instruct template
 
-Every tokenizer has the same interface: encode(text, bos=, eos=), decode(ids), vocab_size, bos_id, eos_id, pad_id.
+Every tokenizer has the same interface: encode(text, bos=, eos=), decode(ids), vocab_size, bos_id, eos_id, pad_id;
+files lists what makes it up, for copying it along with data and checkpoints.
 """
+import json
 import os
 
 from configurator import InputError
 
+# special tokens looked for in a tokenizer.json that comes without a tokenizer_config.json naming them
+BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
+EOS_NAMES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "<|im_end|>")
+PAD_NAMES = ("<pad>", "<|pad|>", "<|finetune_right_pad_id|>")
+
 
 class Tokenizer:
-    """One interface over a SentencePiece model file (LLaMA, OpenLLaMA, ours) and a tiktoken encoding."""
+    """One interface over a SentencePiece model file, a Hugging Face tokenizer.json and a tiktoken encoding."""
 
     def __init__(self, spec):
         self.spec = str(spec)
         if self.spec.startswith("tiktoken:"):
-            self.kind, self.name = "tiktoken", self.spec
+            self.kind, self.name, self.files = "tiktoken", self.spec, []
             self._enc = _tiktoken_encoding(self.spec.split(":", 1)[1])
             self.vocab_size = self._enc.n_vocab
             self.bos_id = self.eos_id = self._enc.eot_token  # tiktoken's one special token, <|endoftext|>, is both
             self.pad_id = None
             return
-        import sentencepiece as spm
-        path = os.path.join(self.spec, "tokenizer.model") if os.path.isdir(self.spec) else self.spec
+        path = self.spec
+        if os.path.isdir(path):
+            path = next((os.path.join(path, f) for f in ("tokenizer.model", "tokenizer.json")
+                         if os.path.isfile(os.path.join(path, f))), os.path.join(path, "tokenizer.model"))
         if not os.path.isfile(path):
-            raise InputError(f"tokenizer file {path!r} not found: give a SentencePiece .model file, "
-                             f"'tiktoken:<encoding>', or leave --tokenizer empty to train one")
+            raise InputError(f"tokenizer file {path!r} not found: give a SentencePiece .model file, a "
+                             "tokenizer.json, 'tiktoken:<encoding>', or leave --tokenizer empty to train one")
+        self.name, self.files = path, [path]
+        (self._open_json if path.endswith(".json") else self._open_sentencepiece)(path)
+
+    def _open_sentencepiece(self, path):
+        import sentencepiece as spm
         try:
             self._sp = spm.SentencePieceProcessor(model_file=path)
         except (RuntimeError, OSError) as e:
             raise InputError(f"{path} is not a SentencePiece model ({e}): give a tokenizer.model file")
-        self.kind, self.name = "sentencepiece", path
+        self.kind = "sentencepiece"
         self.vocab_size = self._sp.get_piece_size()
         self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
         self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else None  # LLaMA's has none (-1)
+
+    def _open_json(self, path):
+        try:
+            from tokenizers import Tokenizer as Fast
+        except ImportError:
+            raise InputError(f"reading {path} needs the tokenizers package: pip install tokenizers")
+        try:
+            self._fast = Fast.from_file(path)
+        except Exception as e:  # the Rust side raises plain Exceptions for every malformed file
+            raise InputError(f"{path} is not a Hugging Face tokenizer.json ({str(e).splitlines()[0][:200]}): "
+                             "download it again")
+        self.kind, self.vocab_size = "tokenizers", self._fast.get_vocab_size(with_added_tokens=True)
+        config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+        named = {}
+        if os.path.isfile(config):  # transformers keeps the special tokens' roles here, not in tokenizer.json
+            self.files.append(config)
+            try:
+                named = json.load(open(config, encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise InputError(f"{config} is not valid JSON ({e}): download it again")
+
+        def token_id(key, guesses):
+            t = named.get(key)
+            t = t.get("content") if isinstance(t, dict) else t
+            return next((self._fast.token_to_id(n) for n in ([t] if t else guesses) if self._fast.token_to_id(n) is not None), None)
+        self.eos_id = token_id("eos_token", EOS_NAMES)
+        if self.eos_id is None:
+            raise InputError(f"{path} names no end-of-text token (no tokenizer_config.json with eos_token beside it, "
+                             f"and none of {', '.join(EOS_NAMES)}): add a tokenizer_config.json with its eos_token")
+        bos = token_id("bos_token", BOS_NAMES)
+        self.bos_id = self.eos_id if bos is None else bos  # no BOS (GPT-2, Qwen): documents start after an EOS
+        self.pad_id = token_id("pad_token", PAD_NAMES)
 
     def encode(self, text, bos=False, eos=False, continuation=False):
         """continuation=True: the text continues a sequence already begun (a chat turn after the first), so no
         dummy-prefix space is added: LLaMA's SentencePiece puts a "▁" before the text of every encode call."""
         if self.kind == "tiktoken":
             ids = self._enc.encode_ordinary(text)
+        elif self.kind == "tokenizers":
+            ids = (self._json_continuation() if continuation else self._fast).encode(text, add_special_tokens=False).ids
         else:
             ids = (self._continuation() if continuation else self._sp).encode(text)
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
@@ -61,9 +112,33 @@ class Tokenizer:
             self._sp_cont = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
         return self._sp_cont
 
+    def _json_continuation(self):
+        """The same tokenizer without the space it puts before a text: Llama-2-style files prepend "▁" (a Prepend
+        normalizer, or Metaspace with prepend_scheme "first"/"always"), byte-level ones may add_prefix_space."""
+        if not hasattr(self, "_fast_cont"):
+            from tokenizers import Tokenizer as Fast
+
+            def strip(node):
+                if isinstance(node, list):
+                    return [strip(n) for n in node if not (isinstance(n, dict) and n.get("type") == "Prepend")]
+                if not isinstance(node, dict):
+                    return node
+                if node.get("type") == "Metaspace":
+                    node = {**node, "prepend_scheme": "never", **({"add_prefix_space": False} if "add_prefix_space" in node else {})}
+                elif node.get("type") == "ByteLevel" and node.get("add_prefix_space"):
+                    node = {**node, "add_prefix_space": False}
+                return {k: strip(v) for k, v in node.items()}
+            d = json.loads(self._fast.to_str())
+            for part in ("normalizer", "pre_tokenizer"):
+                d[part] = None if isinstance(d.get(part), dict) and d[part].get("type") == "Prepend" else strip(d.get(part))
+            self._fast_cont = Fast.from_str(json.dumps(d))
+        return self._fast_cont
+
     def decode(self, ids):
         ids = [int(i) for i in ids]  # numpy and torch integers in, plain ints out
-        return self._sp.decode(ids) if self.kind == "sentencepiece" else self._enc.decode(ids)
+        if self.kind == "sentencepiece":
+            return self._sp.decode(ids)
+        return self._fast.decode(ids, skip_special_tokens=False) if self.kind == "tokenizers" else self._enc.decode(ids)
 
     def __reduce__(self):  # pickles as its spec, so DataLoader and Pool workers can take one
         return Tokenizer, (self.spec,)
@@ -79,9 +154,9 @@ def _tiktoken_encoding(enc_name):
     try:
         return tiktoken.get_encoding(enc_name)
     except Exception as e:  # requests' ConnectionError, an HTTP error, a bad cache: all mean "could not get the files"
-        raise InputError(f"tiktoken could not fetch the BPE files of {enc_name!r} ({type(e).__name__}; this "
-                         f"machine may be offline): copy tiktoken's cache from a connected machine and point "
-                         f"TIKTOKEN_CACHE_DIR at it")
+        raise InputError(f"tiktoken could not fetch the BPE files of {enc_name!r} ({type(e).__name__}; this machine "
+                         "may be offline): copy tiktoken's cache from a connected machine and point "
+                         "TIKTOKEN_CACHE_DIR at it")
 
 
 

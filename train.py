@@ -123,13 +123,13 @@ def settings_for(argv):
     s = configurator.configure({k: globals()[k] for k in SETTINGS} | {"__file__": __file__}, argv, sources)
     if s["init_from"] != "resume":
         if s["init_from"] == "scratch" and checkpoint.latest(s["out_dir"]):
-            raise InputError(f"{s['out_dir']} already holds checkpoints: continue with --init_from=resume, "
-                             f"or use another --out_dir (or delete it)")
+            raise InputError(f"{s['out_dir']} already holds checkpoints: continue with --init_from=resume, or use "
+                             "another --out_dir (or delete it)")
         return s, None
     resume_from = checkpoint.latest(s["out_dir"])
     if resume_from is None:
-        raise InputError(f"--init_from=resume but {s['out_dir']} holds no checkpoint: train from scratch first, "
-                         f"or fix --out_dir")
+        raise InputError(f"--init_from=resume but {s['out_dir']} holds no checkpoint: train from scratch first, or "
+                         "fix --out_dir")
     old = checkpoint.read_info(resume_from)["settings"]
     for k, was in old.items():
         was = tuple(was) if isinstance(was, list) else was  # JSON turned tuples into lists
@@ -138,11 +138,11 @@ def settings_for(argv):
         if k not in sources:
             s[k] = was
         elif k in ARCH and k != "backend":
-            raise InputError(f"{sources[k]} asks for {k}={s[k]!r}, but {resume_from} was trained with {k}={was!r}: "
-                             f"a resumed run keeps its architecture (start a new --out_dir to change it)")
+            raise InputError(f"{sources[k]} asks for {k}={s[k]!r}, but {resume_from} was trained with {k}={was!r}: a "
+                             "resumed run keeps its architecture (start a new --out_dir to change it)")
         elif sources[k].endswith(".py"):
             raise InputError(f"{sources[k]} sets {k}={s[k]!r}, but {resume_from} was trained with {k}={was!r}: on "
-                             f"resume the checkpoint's settings hold; resume without the config file, or ask for the "
+                             "resume the checkpoint's settings hold; resume without the config file, or ask for the "
                              f"change with --{k}={s[k]!r}")
         elif os.environ.get("RANK", "0") == "0":
             print(f"resume: {k} {was!r} -> {s[k]!r} ({sources[k]})")
@@ -286,8 +286,8 @@ def load_data(s):
     if meta.get("layout") == "rows":
         train_data = data.open_rows(s["data_dir"], "train")
         if not len(train_data[0]):
-            raise InputError(f"the train split of {s['data_dir']} holds no conversations: prepare more data, "
-                             f"or lower --val_fraction and --test_fraction")
+            raise InputError(f"the train split of {s['data_dir']} holds no conversations: prepare more data, or "
+                             "lower --val_fraction and --test_fraction")
         val = meta["splits"].get("val", {}).get("rows")
         return meta, train_data, data.open_rows(s["data_dir"], "val") if val else None, True, pad_id, meta["seq_len"]
     train_data = open_data(s["data_dir"], "train", s["block_size"])
@@ -313,8 +313,8 @@ def build_model(s, resume_from, fsdp):
     if base_ours and checkpoint.read_info(base_ours).get("lora"):  # adapters only: load_model merges them into theirs
         base_ours = None
     if s["lora_rank"] and base is None:
-        raise InputError("LoRA trains adapters on a pretrained model: set --init_from to a checkpoint or a "
-                         "Hugging Face directory (or --lora_rank=0 to train from scratch)")
+        raise InputError("LoRA trains adapters on a pretrained model: set --init_from to a checkpoint or a Hugging "
+                         "Face directory (or --lora_rank=0 to train from scratch)")
     if base is not None and not base_ours:  # Hugging Face or Meta, through hf.py (in full on the CPU)
         model, _ = checkpoint.load_model(base, device="cpu", dtype=torch.float32)
         return model.train(), base, None
@@ -462,8 +462,8 @@ def main(argv):
     distributed, master = "RANK" in os.environ, rank == 0
     fsdp = distributed and s.parallel == "fsdp"
     if s.global_batch_size % (s.batch_size * world):
-        raise InputError(f"global_batch_size={s.global_batch_size} is not a multiple of batch_size * world size "
-                         f"= {s.batch_size} * {world}: change --global_batch_size or --batch_size")
+        raise InputError(f"global_batch_size={s.global_batch_size} is not a multiple of batch_size * world size = "
+                         f"{s.batch_size} * {world}: change --global_batch_size or --batch_size")
     micro_steps = s.global_batch_size // (s.batch_size * world)
     torch.manual_seed(s.seed)
     device_type = dev.split(":")[0]
@@ -554,7 +554,7 @@ def main(argv):
             what = f"the loss became {lossf}" if not math.isfinite(lossf) else f"the gradient norm became {grad_norm.item()}"
             raise InputError(f"{what} at step {step}; stopped without saving. Last good checkpoint: "
                              f"{checkpoint.latest(s.out_dir) or 'none'}. Resume from it (--init_from=resume) with a "
-                             f"lower --learning_rate, or use --dtype=bfloat16 or float32")
+                             "lower --learning_rate, or use --dtype=bfloat16 or float32")
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

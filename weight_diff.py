@@ -7,7 +7,7 @@ to the bit, and checked:
     python weight_diff.py recover --base=PATH --diff=DIR  --out=DIR    # the tuned model, verified
 
 PATH is a Hugging Face directory (safetensors or pytorch_model*.bin, sharded or not) or one of our run or
-checkpoint folders; base and tuned are of one kind (make ours a Hugging Face one with hf.py --export).
+checkpoint folders; base and tuned are of one kind (make ours a Hugging Face one with export.py).
 
 - Exact. a - b + b can miss a by an ulp in a's precision, so each diff is stored one precision wider (float32
   for bf16/fp16, float64 for fp32/fp64) and make replays the recovery of every tensor. Elements that still do
@@ -150,8 +150,7 @@ class Source:
                              "run/checkpoint folders")
         ck, self.entries = checkpoint.resolve(self.path), {}  # name -> (file or None, dtype, shape), in file order
         if ck and checkpoint.read_info(ck).get("lora"):
-            raise InputError(f"--{what}={path} holds LoRA adapters, not a model: export it merged (python hf.py "
-                             "--export "
+            raise InputError(f"--{what}={path} holds LoRA adapters, not a model: export it merged (python export.py "
                              f"--init_from={path} --out=...) and diff that against the base's Hugging Face directory")
         if ck:
             self.kind, self.format, self.path = "ours", "dcp", ck
@@ -164,8 +163,7 @@ class Source:
             self.entries = {k: (f, dtype, tuple(shape)) for f in files for k, (dtype, shape) in _entries(f).items()}
         else:
             raise InputError(f"--{what}={path} holds neither a Hugging Face model (config.json) nor one of our "
-                             "checkpoints "
-                             f"(convert a Meta download with hf.py --export)")
+                             "checkpoints (convert a Meta download with export.py)")
         bad = next((k for k, (_, dtype, _) in self.entries.items() if dtype not in ST_DTYPES), None)
         if bad:
             raise InputError(f"{path}: tensor {bad!r} has a dtype weight_diff.py does not handle "
@@ -231,11 +229,10 @@ def make(base, tuned, out):
     """Write tuned - base into the directory `out`; returns the tuned model's overall checksum."""
     b, t = Source(base, "base"), Source(tuned, "tuned")
     if b.kind != t.kind:
-        raise InputError(f"--base is {KIND[b.kind]} but --tuned is {KIND[t.kind]}: export ours with hf.py --export so "
-                         "both "
-                         f"are Hugging Face directories")
+        raise InputError(f"--base is {KIND[b.kind]} but --tuned is {KIND[t.kind]}: export ours with export.py so "
+                         "both are Hugging Face directories")
     _same_tensors(b.specs, t.specs, ("base", "tuned"), "diff two models of one architecture and dtype "
-                  "(hf.py --export --dtype=... casts one)")
+                  "(export.py --dtype=... casts one)")
     files = {}  # output file -> tensors: the tuned model's sharding, in safetensors whatever it was
     for name, (f, _, _) in t.entries.items():
         stem = "model" if f is None else re.sub(r"^pytorch_model", "model", os.path.basename(f).rsplit(".", 1)[0])
@@ -283,8 +280,7 @@ def recover(base, diff, out):
             info = json.load(f)
     except FileNotFoundError:
         raise InputError(f"{diff} has no weight_diff.json: it is not a diff made by weight_diff.py make (recover a "
-                         "diff made by "
-                         f"Alpaca's or Open-Instruct's script with theirs)")
+                         "diff made by Alpaca's or Open-Instruct's script with theirs)")
     except ValueError as e:
         raise InputError(f"{diff}/weight_diff.json is not valid JSON ({e}): download the diff again")
     b, tensors = Source(base, "base"), info["tensors"]
@@ -292,8 +288,7 @@ def recover(base, diff, out):
              f"the model it was made from")
     if b.kind != info["kind"]:
         raise InputError(f"--base is {KIND[b.kind]} but the diff was made against {KIND[info['kind']]}: give --base "
-                         "the model "
-                         f"it was made from (checksum {info['base_checksum']})")
+                         f"the model it was made from (checksum {info['base_checksum']})")
     _same_tensors(b.specs, {k: _spec(e["dtype"], e["shape"]) for k, e in tensors.items()}, ("base", "the diff"), other)
     hashes, t0 = {}, time.time()
 
@@ -304,16 +299,15 @@ def recover(base, diff, out):
             raise InputError(f"base tensor {name!r} differs from the one the diff records: {other}")
         d = _safetensors(os.path.join(diff, e["file"]), lambda s: s.get_tensor(name))
         if list(d.shape) != e["shape"]:
-            raise InputError(f"{diff}/{e['file']}: {name!r} has shape {list(d.shape)}, not {e['shape']}: download the "
-                             "diff again")
+            raise InputError(f"{diff}/{e['file']}: {name!r} has shape {list(d.shape)}, not {e['shape']}: download "
+                             "the diff again")
         fix = [_safetensors(os.path.join(diff, FIXUPS), lambda s: s.get_tensor(name + k))
                for k in (".__fixup_index", ".__fixup_value")] if e["fixups"] else []
         y = add_diff(x, d, getattr(torch, e["dtype"]), *fix)
         hashes[name] = sha256(y)
         if hashes[name] != e["tuned_sha256"]:
             raise InputError(f"recovered tensor {name!r} does not match its checksum in weight_diff.json: the diff's "
-                             "files are "
-                             f"damaged; download them again")
+                             "files are damaged; download them again")
         _progress(len(hashes) - 1, len(tensors), t0)
         return y
 
@@ -329,8 +323,7 @@ def recover(base, diff, out):
             checkpoint._dcp(dcp.save, {"model": {name: recovered(name) for name in tensors}}, tmp)
         if checksum(hashes) != info["tuned_checksum"]:
             raise InputError(f"the recovered tensors' checksum {checksum(hashes)} is not the diff's "
-                             f"{info['tuned_checksum']}: "
-                             f"weight_diff.json is damaged; download the diff again")
+                             f"{info['tuned_checksum']}: weight_diff.json is damaged; download the diff again")
         _finish(tmp, diff, files, specs)
     print(f"recovered {len(hashes)} tensors, checksum {info['tuned_checksum']} matches ({time.time() - t0:.1f}s)")
     return info["tuned_checksum"]
@@ -339,8 +332,8 @@ def recover(base, diff, out):
 def main(argv):
     command = argv[0] if argv else ""
     if command not in ("make", "recover"):
-        raise InputError(f"unknown command {command!r}: python weight_diff.py make --base=PATH --tuned=PATH --out=DIR, "
-                         f"or recover --base=PATH --diff=DIR --out=DIR")
+        raise InputError(f"unknown command {command!r}: python weight_diff.py make --base=PATH --tuned=PATH "
+                         "--out=DIR, or recover --base=PATH --diff=DIR --out=DIR")
     # only the four paths are settings, not the tables above
     s = configurator.configure({"base": base, "tuned": tuned, "diff": diff, "out": out, "__file__": __file__}, argv[1:])
     for key in ("base", "tuned" if command == "make" else "diff", "out"):

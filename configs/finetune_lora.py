@@ -1,7 +1,7 @@
 # Open-Instruct's LoRA recipe (allenai/open-instruct scripts/finetune_lora_with_accelerate.sh): rank 256, alpha 256,
 # dropout 0.1 on every linear layer, lr 1e-4 with linear decay after a 3% warmup, no weight decay, 5 epochs,
 # 128 sequences of up to 2048 tokens per step. Only the adapters are trained and saved; sample.py, eval.py and
-# `python hf.py --export` load the run merged into its base. Smaller adapters (Alpaca-LoRA used rank 8, alpha 16 on
+# `python export.py` load the run merged into its base. Smaller adapters (Alpaca-LoRA used rank 8, alpha 16 on
 # q and v) are one --lora_rank=8 --lora_alpha=16 away; our q, k and v share one fused projection.
 #   python train.py configs/finetune_lora.py --init_from=hf/OpenELM-1_1B --data_dir=data/ultrafeedback
 init_from = "hf/open_llama_7b"

@@ -253,7 +253,9 @@ def test_openelm_hub_layout_round_trip(tmp_path):
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     for k, v in hub.items():
         assert cfg[k] == v, k
-    assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_openelm.OpenELMForCausalLM"
+    # no auto_map naming modeling files the export does not ship; tie_word_embeddings stated (transformers defaults
+    # it to true, so an untied export without it would have its lm_head replaced by the embedding)
+    assert "auto_map" not in cfg and cfg["tie_word_embeddings"] is True
     assert cfg["bos_token_id"] == 1 and cfg["eos_token_id"] == 2
     back = hf.load_model(tmp_path / "out")
     torch.testing.assert_close(our_logits(back, prompts(256)[1]), our_logits(ours, prompts(256)[1]), atol=0, rtol=0)
@@ -381,6 +383,35 @@ def test_bad_inputs(tmp_path):
         hf.load_model(tmp_path / "nowhere")
     with pytest.raises(InputError, match="qk_norm but uniform layers"):
         hf.save_model(Transformer(ModelConfig(vocab_size=32, n_layer=1, n_embd=32, n_head=2, ffn_dim=32, qk_norm=True)), tmp_path / "x")
+    # width 36 with 8 heads of 8: transformers 5's LlamaConfig refuses it, so nothing is written
+    odd = Transformer(ModelConfig(vocab_size=32, n_layer=1, n_embd=36, n_head=8, head_dim=8, ffn_dim=32))
+    with pytest.raises(InputError, match="width 36 is not a multiple of the 8 heads: transformers' LlamaConfig refuses"):
+        hf.save_model(odd, tmp_path / "odd")
+    assert not os.path.exists(tmp_path / "odd")
+
+
+def test_untied_openelm_as_apples_code_saves_it(tmp_path):
+    """Apple's OpenELMModel also builds an unused `classifier` when untied; and under transformers' default
+    tie_word_embeddings=true its lm_head is the embedding, so a file saved that way may have no lm_head."""
+    torch.manual_seed(0)
+    ours = randomize_norms(Transformer(ModelConfig(**{**ELM, "tie_embeddings": False}))).eval()
+    hf.save_model(ours, tmp_path / "untied")
+    cfg = json.loads((tmp_path / "untied" / "config.json").read_text())
+    assert cfg["share_input_output_layers"] is False and cfg["tie_word_embeddings"] is False
+    st = load_file(tmp_path / "untied" / "model.safetensors")
+    save_file({**st, "transformer.classifier.weight": torch.randn(256, 128)}, tmp_path / "untied" / "model.safetensors")
+    back = hf.load_model(tmp_path / "untied")
+    assert not back.config.tie_embeddings
+    for idx in prompts(256):
+        torch.testing.assert_close(our_logits(back, idx), our_logits(ours, idx), atol=0, rtol=0)
+    # no lm_head in the file: tied only where the config says tied (tie_word_embeddings absent = true)
+    save_file({k: v for k, v in st.items() if k != "lm_head.weight"}, tmp_path / "untied" / "model.safetensors")
+    with pytest.raises(InputError, match="tensor 'lm_head.weight' is missing"):
+        hf.load_model(tmp_path / "untied")
+    del cfg["tie_word_embeddings"]
+    (tmp_path / "untied" / "config.json").write_text(json.dumps(cfg))
+    tied = hf.load_model(tmp_path / "untied")
+    assert tied.config.tie_embeddings and torch.equal(tied.tok_embeddings.weight, ours.tok_embeddings.weight)
 
 
 # ----------------------------------------------------------------------------- the scripts
