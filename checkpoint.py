@@ -17,8 +17,12 @@ process group, or resharded onto any number of ranks. A checkpoint is written in
 folder and renamed into place, and `latest` is replaced atomically, so a crash never leaves a torn one.
 """
 import dataclasses
+import hashlib
 import os
+import pickle
+import re
 import shutil
+import sys
 import warnings
 
 import torch
@@ -65,16 +69,59 @@ def step_dir(out_dir, step):
 
 
 def is_checkpoint(path):
+    """A folder with a train.json and a DCP .metadata."""
     return os.path.isfile(os.path.join(path, "train.json")) and os.path.isfile(os.path.join(path, ".metadata"))
 
 
-def latest(out_dir):
-    """The newest complete checkpoint folder of a run directory, or None."""
+def missing(path):
+    """What a checkpoint folder lacks, as a phrase, or None when every file its metadata and train.json name is
+    there at its full size (a kill during a save or a prune can leave a folder torn). No data is read."""
+    if not is_checkpoint(path):
+        return "train.json or .metadata"
+    try:
+        storage = dcp.FileSystemReader(path).read_metadata().storage_data
+        info = read_json(os.path.join(path, "train.json"), "")
+    except (InputError, OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        return f"a readable .metadata and train.json ({type(e).__name__})"
+    need = {}
+    for s in storage.values():
+        need[s.relative_path] = max(need.get(s.relative_path, 0), s.offset + s.length)
+    for f in info.get("checksums", {}):
+        need.setdefault(f, 0)
+    for f, size in sorted(need.items()):
+        full = os.path.join(path, f)
+        if not os.path.isfile(full) or os.path.getsize(full) < size:
+            return f"{f} ({'missing' if not os.path.isfile(full) else 'truncated'})"
+    return None
+
+
+def step_folders(out_dir):
+    """The step_* folders of a run directory, newest first."""
+    if not os.path.isdir(out_dir):
+        return []
+    return [os.path.join(out_dir, d) for d in sorted(os.listdir(out_dir), reverse=True)
+            if d.startswith("step_") and os.path.isdir(os.path.join(out_dir, d))]
+
+
+def latest(out_dir, quiet=False):
+    """The newest complete checkpoint of a run directory, or None: the one `latest` names, or, when that is
+    missing, unreadable or names a folder that is gone or torn, the newest complete step folder (with a note)."""
     pointer = os.path.join(out_dir, "latest")
-    if not os.path.isfile(pointer):
-        return None
-    path = os.path.join(out_dir, open(pointer).read().strip())
-    return path if is_checkpoint(path) else None
+    named = None
+    if os.path.isfile(pointer):
+        name = open(pointer, errors="replace").read().strip()
+        if re.fullmatch(r"step_\d+", name):
+            named = os.path.join(out_dir, name)
+            if missing(named) is None:
+                return named
+    for path in step_folders(out_dir):
+        if missing(path) is None:
+            if not quiet and (named or os.path.isfile(pointer)):
+                print(f"note: {pointer} names {os.path.basename(named) if named else 'no step folder'}, which is "
+                      f"{'incomplete' if named and os.path.isdir(named) else 'not there'}: using {path}, the newest "
+                      f"complete checkpoint", file=sys.stderr)
+            return path
+    return None
 
 
 def resolve(path):
@@ -84,8 +131,52 @@ def resolve(path):
     return latest(path)
 
 
+def newest_intact(out_dir, but=None):
+    """The newest checkpoint of a run directory whose files are all there and match their checksums, skipping
+    `but`; None if there is none."""
+    for path in step_folders(out_dir):
+        if os.path.abspath(path) != os.path.abspath(but or "") and missing(path) is None and not _corrupt(path):
+            return path
+    return None
+
+
 def read_info(path):
     return read_json(os.path.join(path, "train.json"), "the checkpoint is damaged: resume from an older step folder")
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _corrupt(path, share=(0, 1)):
+    """The first file of a checkpoint whose bytes do not match the checksum train.json keeps for it, or None.
+    share=(rank, world): check only every world-th file, starting at rank (ranks split the reading)."""
+    sums = read_info(path).get("checksums", {})  # checkpoints older than checksums have none to check
+    for f in sorted(sums)[share[0]::share[1]]:
+        if _sha256(os.path.join(path, f)) != sums[f]:
+            return f
+    return None
+
+
+def verify(path):
+    """Refuse, with one line, a checkpoint folder that is torn or whose files do not match their checksums, naming
+    the newest intact checkpoint beside it. Collective under torch.distributed: the ranks share the hashing."""
+    what = missing(path)
+    bad = None if what else _corrupt(path, (_rank(), dist.get_world_size()) if _distributed() else (0, 1))
+    if _distributed():  # every rank learns of any rank's find, so all raise together
+        flags = [None] * dist.get_world_size()
+        dist.all_gather_object(flags, bad)
+        bad = next((f for f in flags if f), None)
+    if what or bad:
+        problem = f"lacks {what}" if what else f"is damaged: {bad} does not match its checksum in train.json"
+        other = newest_intact(os.path.dirname(os.path.abspath(path)), but=path)
+        fix = (f"the newest intact checkpoint is {other}: delete {path} (then --init_from=resume takes {other}), or "
+               f"load {other} directly" if other else "there is no intact checkpoint beside it: train again")
+        raise InputError(f"checkpoint {path} {problem}; {fix}")
 
 
 def model_config(info):
@@ -111,11 +202,20 @@ def save(out_dir, step, model, optimizer, settings, data_dir=None, keep_last=3, 
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINABLE)
     _dcp(dcp.save, {"model": model_sd, "optim": optim_sd}, tmp)
     rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    torch.save(rng, os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
+    rng_file = os.path.join("rng", f"rank_{rank:05d}.pt")
+    torch.save(rng, os.path.join(tmp, rng_file))
     _barrier()
+    # a checksum of every file, each rank hashing what it wrote (DCP names its files __<rank>_<n>.distcp), so a file
+    # overwritten with garbage of the same size is found on load
+    mine = [rng_file] + [f for f in os.listdir(tmp) if f.startswith(f"__{rank}_")] + [".metadata"] * (rank == 0)
+    sums = {f: _sha256(os.path.join(tmp, f)) for f in mine}
+    if _distributed():
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, sums)
+        sums = {f: h for part in every for f, h in part.items()}
     if rank == 0:
         info = {"step": step, "model_config": dataclasses.asdict(model.config), "settings": settings,
-                "world_size": dist.get_world_size() if _distributed() else 1, **(extra or {})}
+                "world_size": dist.get_world_size() if _distributed() else 1, **(extra or {}), "checksums": sums}
         write_json(os.path.join(tmp, "train.json"), info)
         if data_dir and os.path.isfile(os.path.join(data_dir, "meta.json")):
             shutil.copy2(os.path.join(data_dir, "meta.json"), tmp)
@@ -132,13 +232,26 @@ def save(out_dir, step, model, optimizer, settings, data_dir=None, keep_last=3, 
     return final
 
 
+def clean(out_dir):
+    """Remove what a killed save or prune left: its temporary step folder, a half-written `latest`, a folder being
+    deleted (one writer holds the folder's lock, so nothing else is writing them)."""
+    for d in os.listdir(out_dir):
+        if re.fullmatch(r"\.step_\d+\.(tmp|del)|latest\.tmp", d):
+            full = os.path.join(out_dir, d)
+            shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
+
+
 def _prune(out_dir, keep_last, keep):
     if keep_last <= 0:  # 0 keeps every checkpoint
         return
     steps = sorted(d for d in os.listdir(out_dir) if d.startswith("step_") and is_checkpoint(os.path.join(out_dir, d)))
+    # the two newest checkpoints saved outside a gradient-norm spike are kept too: after a divergence the one to go
+    # back to is the newest saved before the spike began, and the spike shows only in the step after a save
+    healthy = [d for d in reversed(steps) if read_info(os.path.join(out_dir, d)).get("healthy", True)][:2]
     for d in steps[:-keep_last]:
-        if d != keep:
-            shutil.rmtree(os.path.join(out_dir, d), ignore_errors=True)
+        if d != keep and d not in healthy:  # renamed out of the step_* names first, so a kill mid-delete leaves no torn step folder
+            os.replace(os.path.join(out_dir, d), os.path.join(out_dir, f".{d}.del"))
+            shutil.rmtree(os.path.join(out_dir, f".{d}.del"), ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- load
@@ -147,6 +260,7 @@ def _prune(out_dir, keep_last, keep):
 def load_train_state(path, model, optimizer):
     """Resume: restore weights and optimizer state (each rank reads only its shards, resharding if the
     world size changed) and this rank's RNG state. Returns train.json's dict."""
+    verify(path)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINABLE)  # also creates the optimizer's state
     state = {"model": model_sd, "optim": optim_sd}
     _dcp(dcp.load, state, path)
@@ -163,6 +277,7 @@ def load_train_state(path, model, optimizer):
 def load_weights(path, model):
     """Weights only (finetuning from one of our checkpoints), into a plain or sharded model. LoRA adapters
     added to the model are not in the base checkpoint and are left as they are."""
+    verify(path)
     sd = {k: v for k, v in get_model_state_dict(model).items() if ".lora_" not in k}
     _dcp(dcp.load, {"model": sd}, path)
     set_model_state_dict(model, sd, options=StateDictOptions(strict=False))
@@ -202,6 +317,7 @@ def _load(path, device, dtype):
                              f"--init_from at the model's directory, and --tokenizer={path} if it lacks one")
         raise InputError(f"{path} holds no checkpoint (no 'latest' pointer, train.json or config.json): train one "
                          "with train.py, or point at a Hugging Face model directory")
+    verify(ck)
     info = read_info(ck)
     if info.get("lora"):  # adapters only: load the base they were trained on, add them, merge them in
         import lora

@@ -1,10 +1,13 @@
 """
 Files written so that nothing is ever half there: every script's outputs go through atomic_write, which writes
 a temporary sibling, flushes it to disk and renames it over the target (a rename within a folder is atomic on
-POSIX and Windows), so a crash or a kill leaves the old file or the new one, never a torn one.
+POSIX and Windows), so a crash or a kill leaves the old file or the new one, never a torn one. Output paths are
+checked before the work starts (check_output), and a folder has one writer at a time (Lock).
 """
 import json
 import os
+import sys
+import tempfile
 
 from configurator import InputError
 
@@ -40,3 +43,60 @@ def read_json(path, fix):
         raise InputError(f"{path} not found: {fix}")
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
         raise InputError(f"{path} is damaged ({type(e).__name__}: {e}): {fix}")
+
+
+def check_output(path, what, folder=False):
+    """Refuse, before any work, an output path that cannot be written (`what` names its setting): a folder where a
+    file goes or the reverse, a name longer than the file system allows, a missing folder for a file, or a place
+    where nothing can be created (read-only, or not ours). Tried for real, with a temporary file, so the answer is
+    the file system's (root ignores permission bits; a read-only mount does not)."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{what}={path} is a file, not a folder: choose another path")
+    if not folder and os.path.isdir(path):
+        raise InputError(f"{what}={path} is a folder, not a file: give a file name")
+    for part in path.split(os.sep):
+        if len(part.encode()) > 255:
+            raise InputError(f"{what}: the name {part[:40]}... is {len(part.encode())} bytes, more than the 255 a file "
+                             f"name may have: shorten it")
+    if not folder and not os.path.isdir(os.path.dirname(path)):
+        raise InputError(f"{what}={path}: the folder {os.path.dirname(path)} does not exist: create it first")
+    here = path if folder else os.path.dirname(path)
+    while not os.path.exists(here):  # the folder and its missing parents will be made inside the nearest one
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        raise InputError(f"{what}={path}: {here} is a file, so nothing can be made under it: choose another path")
+    try:
+        tempfile.TemporaryFile(dir=here).close()
+    except OSError as e:
+        raise InputError(f"{what}={path}: cannot write in {here} ({e.strerror}): choose a writable path")
+
+
+class Lock:
+    """One writer per output folder: an exclusive flock on <folder>/.lock for the life of the process. The kernel
+    releases it however the process ends (kill -9 included), so a lock is never stale; the file keeps the pid and
+    command of its holder, named to a second writer."""
+
+    def __init__(self, folder, what):
+        self.path = os.path.join(folder, ".lock")
+        self.f = open(self.path, "a+")
+        try:
+            import fcntl  # POSIX; on Windows there is no flock and no lock
+        except ImportError:
+            return
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "another process"
+            self.f.close()
+            raise InputError(f"{what}={folder} is being written by {holder}: wait for it to finish, or choose another "
+                             f"{what}")
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})\n")
+        self.f.flush()
+
+    def release(self):
+        if not self.f.closed:
+            self.f.close()  # closing the descriptor drops the flock

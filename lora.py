@@ -41,12 +41,20 @@ class LoRALinear(nn.Module):
         return F.linear(x, self.weight) + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
 
 
+def target_names(targets):
+    """["qkv_proj", ...] from "qkv_proj,out_proj" (or a list), checked."""
+    names = [t.strip() for t in targets.split(",") if t.strip()] if isinstance(targets, str) else list(targets)
+    if not names or any(t not in TARGETS for t in names):
+        raise InputError(f"lora_targets must name projections from {','.join(TARGETS)} (got {targets!r}): fix "
+                         f"--lora_targets")
+    return names
+
+
 def add(model, rank, alpha, dropout=0.0, targets=",".join(TARGETS)):
     """Freeze every parameter and put an adapter on each nn.Linear whose name is in `targets`."""
-    names = [t.strip() for t in targets.split(",") if t.strip()] if isinstance(targets, str) else list(targets)
-    if rank < 1 or not names or any(t not in TARGETS for t in names):
-        raise InputError(f"LoRA needs lora_rank >= 1 (got {rank}) and lora_targets from {','.join(TARGETS)} (got "
-                         f"{targets!r}): fix --lora_rank or --lora_targets")
+    names = target_names(targets)
+    if rank < 1:
+        raise InputError(f"LoRA needs lora_rank >= 1 (got {rank}): fix --lora_rank")
     model.requires_grad_(False)
     for block in model.layers:
         for parent in (block.attn, block.ffn):

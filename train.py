@@ -21,7 +21,10 @@ import functools
 import json
 import math
 import os
+import re
 import resource
+import shutil
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -34,6 +37,7 @@ import torch.distributed as dist
 import checkpoint
 import configurator
 import data
+import files
 from configurator import InputError
 from model import IGNORE_INDEX, ModelConfig, Transformer
 
@@ -43,6 +47,7 @@ from model import IGNORE_INDEX, ModelConfig, Transformer
 out_dir = "out/run"  # checkpoints go to out_dir/step_XXXXXXX, `latest` names the newest
 data_dir = "data/stdlib"  # made by prepare.py: token files, meta.json, tokenizer
 init_from = "scratch"  # "scratch", "resume" (out_dir's latest checkpoint), or a path: our checkpoint or a HF model dir
+resume_step = 0  # with init_from="resume": continue from out_dir's checkpoint of this step instead of the latest
 save_interval = 1000  # steps between checkpoints; 0 = only at the end, -1 = never (benchmarks)
 keep_last = 3  # checkpoints kept in out_dir (0 = all)
 eval_interval = 250  # steps between val-loss evaluations (0 = never)
@@ -114,26 +119,35 @@ SETTINGS = [k for k, v in globals().items() if k.islower() and not k.startswith(
 
 # ----------------------------------------------------------------------------- settings and resume
 
-def settings_for(argv):
-    """(settings, checkpoint to resume from or None). Defaults, then the config file, then --key=value. On
-    --init_from=resume the checkpoint's settings hold instead of the defaults: an explicit --key=value that
-    differs from them is taken and printed (old -> new), a config file that differs is refused, and the
-    architecture never changes (only the kernel backend may)."""
-    sources = {}
-    s = configurator.configure({k: globals()[k] for k in SETTINGS} | {"__file__": __file__}, argv, sources)
+def settings_for(argv, sources):
+    """Defaults, then the config file, then --key=value; `sources` receives where each setting given came from."""
+    return configurator.configure({k: globals()[k] for k in SETTINGS} | {"__file__": __file__}, argv, sources)
+
+
+def resume_settings(s, sources):
+    """(settings, checkpoint to resume from or None). On --init_from=resume the checkpoint's settings hold instead
+    of the defaults: an explicit --key=value that differs from them is taken and printed (old -> new), a config
+    file that differs is refused, and the architecture never changes (only the kernel backend may)."""
     if s["init_from"] != "resume":
-        if s["init_from"] == "scratch" and checkpoint.latest(s["out_dir"]):
+        if s["init_from"] == "scratch" and checkpoint.step_folders(s["out_dir"]):
             raise InputError(f"{s['out_dir']} already holds checkpoints: continue with --init_from=resume, or use "
                              "another --out_dir (or delete it)")
         return s, None
-    resume_from = checkpoint.latest(s["out_dir"])
+    if s["resume_step"]:
+        resume_from = checkpoint.step_dir(s["out_dir"], s["resume_step"])
+        if not os.path.isdir(resume_from):
+            have = [os.path.basename(p) for p in checkpoint.step_folders(s["out_dir"])]
+            raise InputError(f"--resume_step={s['resume_step']}: {resume_from} is not there (the run has "
+                             f"{', '.join(have) or 'no checkpoints'}): pick one of those steps")
+    else:
+        resume_from = checkpoint.latest(s["out_dir"])
     if resume_from is None:
         raise InputError(f"--init_from=resume but {s['out_dir']} holds no checkpoint: train from scratch first, or "
                          "fix --out_dir")
     old = checkpoint.read_info(resume_from)["settings"]
     for k, was in old.items():
         was = tuple(was) if isinstance(was, list) else was  # JSON turned tuples into lists
-        if k not in s or k in ("init_from", "out_dir") or was == s[k]:
+        if k not in s or k in ("init_from", "out_dir", "resume_step") or was == s[k]:
             continue
         if k not in sources:
             s[k] = was
@@ -150,13 +164,38 @@ def settings_for(argv):
 
 
 def check(s):
+    """Every setting in its range, before any work: a value torch would refuse later, or one that would train
+    nothing and exit 0 (max_iters < 0, an evaluation over no windows), stops here with one line."""
     for name, allowed in (("parallel", ("ddp", "fsdp")), ("dtype", ("bfloat16", "float16", "float32")),
                           ("lr_schedule", ("cosine", "linear"))):
         if s[name] not in allowed:
             raise InputError(f"{name}={s[name]!r} is not one of {allowed}")
-    for name in ("batch_size", "global_batch_size", "log_interval", "block_size"):
-        if s[name] < 1:
-            raise InputError(f"{name}={s[name]} must be at least 1")
+    at_least = {"batch_size": 1, "global_batch_size": 1, "log_interval": 1, "block_size": 1, "max_iters": 0,
+                "warmup_iters": 0, "lr_decay_iters": 0, "eval_interval": 0, "keep_last": 0, "save_interval": -1,
+                "learning_rate": 0, "min_lr": 0, "warmup_init_lr": 0, "weight_decay": 0, "adam_eps": 0,
+                "grad_clip": 0, "epochs": 0, "lora_rank": 0, "resume_step": 0}
+    for name, low in at_least.items():
+        if s[name] < low:
+            raise InputError(f"{name}={s[name]} must be at least {low}")
+    for name in ("beta1", "beta2", "lora_dropout", "warmup_ratio"):
+        if not 0 <= s[name] < 1:
+            raise InputError(f"{name}={s[name]} must be in [0, 1)")
+    if s["eval_interval"] and s["eval_windows"] < 1:
+        raise InputError(f"eval_windows={s['eval_windows']} scores no val windows: give at least 1, or "
+                         f"--eval_interval=0 for no evaluation")
+    if s["resume_step"] and s["init_from"] != "resume":
+        raise InputError("--resume_step picks the checkpoint of a resume: add --init_from=resume")
+    dev = s["device"]
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", dev):
+        raise InputError(f"device={dev!r}: use auto, cpu, cuda, cuda:N or mps")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device={dev!r} but this machine has no CUDA GPU (torch {torch.__version__}): use "
+                         f"--device=cpu or auto")
+    if dev == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device='mps' but Apple's Metal backend is not available here: use --device=cpu or auto")
+    if s["lora_rank"]:
+        import lora
+        lora.target_names(s["lora_targets"])
 
 
 def config_of(path, **overrides):
@@ -436,6 +475,34 @@ def forward_backward(model, batches, autocast, scaler, world, distributed, fsdp)
     return step_loss / world
 
 
+def spiked(loss, norm, history):
+    """Whether a step looks like the start of a divergence, against the recent normal steps' (loss, gradient norm):
+    a non-finite value, a gradient norm 10x their median (or under 1/100 of it: the gradients of a dead network
+    vanish), or a loss more than double their median and 2 nats above it."""
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        return True
+    if not history:
+        return False
+    ml, mn = statistics.median(h[0] for h in history), statistics.median(h[1] for h in history)
+    return not mn / 100 <= norm <= 10 * mn or loss > ml + max(2.0, ml)
+
+
+def divergence_advice(s, since, lr):
+    """Where to go back to after a divergence: the newest checkpoint saved before the gradient norm began to
+    spike (at step `since`), and not itself saved during a spike; its weights are from before the run-up. The
+    learning rate to try: a tenth of this run's, or the one that checkpoint was trained with if that is lower."""
+    for path in checkpoint.step_folders(s.out_dir):
+        info = checkpoint.read_info(path) if checkpoint.missing(path) is None else {}
+        if info and info["step"] < since and info.get("healthy", True):
+            lower = min(s.learning_rate / 10, info["settings"].get("learning_rate", s.learning_rate))
+            dtype = " (or --dtype=bfloat16: float16 overflows)" if s.dtype == "float16" else ""
+            return (f"{path} was saved before the gradient norm began to spike (step {since}): resume from it with a "
+                    f"lower learning rate: python train.py --init_from=resume --out_dir={s.out_dir} "
+                    f"--resume_step={info['step']} --learning_rate={lower:g}{dtype}")
+    return (f"no checkpoint of {s.out_dir} was saved before the gradient norm began to spike (step {since}; the "
+            f"learning rate was {lr:.3g}): start again with a lower --learning_rate (now {s.learning_rate:g})")
+
+
 @torch.no_grad()
 def evaluate(model, val, autocast, distributed):
     """Mean val loss per target token over the fixed val set, summed across ranks."""
@@ -455,8 +522,35 @@ def evaluate(model, val, autocast, distributed):
 
 
 def main(argv):
-    settings, resume_from = settings_for(argv)
-    check(settings)
+    """Settings, then out_dir's lock for the life of the run (rank 0 writes its metadata), then the run. A start
+    that fails leaves no new empty out_dir behind, and the debris of a killed save is cleared first."""
+    sources = {}
+    settings = settings_for(argv, sources)
+    master, out_dir = os.environ.get("RANK", "0") == "0", settings["out_dir"]
+    made, lock = False, None
+    if master:
+        files.check_output(out_dir, "out_dir", folder=True)
+        if settings["log_file"]:
+            files.check_output(settings["log_file"], "log_file")
+        made = not os.path.isdir(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+        lock = files.Lock(out_dir, "out_dir")
+        checkpoint.clean(out_dir)
+    try:
+        settings, resume_from = resume_settings(settings, sources)
+        check(settings)
+        train(settings, resume_from)
+    except BaseException:
+        if made and os.listdir(out_dir) == [".lock"]:  # nothing was written but the lock
+            lock.release()
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        if lock:
+            lock.release()
+
+
+def train(settings, resume_from):
     s = SimpleNamespace(**settings)
     rank, world, local_rank, dev = init_distributed(s.device)
     distributed, master = "RANK" in os.environ, rank == 0
@@ -539,6 +633,7 @@ def main(argv):
               f"of {s.batch_size}x{block_size} | {tokens_per_step:,} tokens/step | steps {step} -> {max_iters}")
     start_step, t_start = step, time.time()
     t_log, step_log = time.time(), step
+    recent, spike, calm = [], None, 0  # the last normal steps' (loss, grad norm); where a spike began; normal since
     while step < max_iters:
         lr = lr_at(step, **schedule)
         for group in optimizer.param_groups:
@@ -549,12 +644,17 @@ def main(argv):
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), s.grad_clip if s.grad_clip > 0 else float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
+        gn = grad_norm.item()
+        if spiked(lossf, gn, recent):  # a divergence shows in the gradient norm steps before the loss is NaN
+            spike, calm = step if spike is None else spike, 0
+        else:
+            recent, calm = recent[-99:] + [(lossf, gn)], calm + 1
+            spike = None if calm >= 10 else spike
         # stop before the update reaches the weights (fp16's scaler skips inf-gradient steps by itself)
-        if not math.isfinite(lossf) or (not scaler.is_enabled() and not torch.isfinite(grad_norm)):
-            what = f"the loss became {lossf}" if not math.isfinite(lossf) else f"the gradient norm became {grad_norm.item()}"
-            raise InputError(f"{what} at step {step}; stopped without saving. Last good checkpoint: "
-                             f"{checkpoint.latest(s.out_dir) or 'none'}. Resume from it (--init_from=resume) with a "
-                             "lower --learning_rate, or use --dtype=bfloat16 or float32")
+        if not math.isfinite(lossf) or (not scaler.is_enabled() and not math.isfinite(gn)):
+            what = f"the loss became {lossf}" if not math.isfinite(lossf) else f"the gradient norm became {gn}"
+            raise InputError(f"{what} at step {step}; stopped before the update. "
+                             + divergence_advice(s, step if spike is None else spike, lr))
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -583,8 +683,8 @@ def main(argv):
                 print(f"step {step}: val loss {val_loss:.4f}", flush=True)
                 log({"step": step, "val_loss": val_loss}, s.log_file, wandb)
         if s.save_interval >= 0 and (step == max_iters or (s.save_interval and step % s.save_interval == 0)):
-            path = checkpoint.save(s.out_dir, step, raw, optimizer, settings, data_dir=s.data_dir,
-                                   keep_last=s.keep_last, extra={"val_loss": val_loss, **extra})
+            path = checkpoint.save(s.out_dir, step, raw, optimizer, settings, data_dir=s.data_dir, keep_last=s.keep_last,
+                                   extra={"val_loss": val_loss, "healthy": spike is None, **extra})
             if master:
                 print(f"saved {path}", flush=True)
     if master:

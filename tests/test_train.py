@@ -130,6 +130,33 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_divergence_advice_names_a_checkpoint_from_before_it_and_following_it_works(tmp_path, data):
+    import re
+    import shlex
+    import train
+    s = base(tmp_path, data, "div", max_iters=10, learning_rate=1e-2, min_lr=1e-2, warmup_iters=0, save_interval=2,
+             keep_last=2)
+    run(**s)
+    with pytest.raises(InputError) as e:  # 30 blows the weights up over a few steps, saved on the way
+        run(init_from="resume", out_dir=s["out_dir"], max_iters=40, learning_rate=30.0, min_lr=30.0)
+    message = str(e.value)
+    assert re.match(r"the (loss|gradient norm) became (nan|inf) at step \d+; stopped before the update\. "
+                    r".*step_0000010 was saved before the gradient norm began to spike", message), message
+    latest = checkpoint.latest(s["out_dir"])
+    assert int(latest[-7:]) > 10  # the run saved diverging weights after the good ones, and kept the good ones
+    assert checkpoint.read_info(latest)["healthy"] is False and checkpoint.read_info(s["out_dir"] + "/step_0000010")["healthy"]
+    # resuming from the latest checkpoint, even at the good learning rate, starts from wrecked weights
+    wrecked = run(init_from="resume", out_dir=s["out_dir"], max_iters=int(latest[-7:]) + 1, learning_rate=1e-2,
+                  min_lr=1e-2, log_file=str(tmp_path / "wrecked.jsonl"), save_interval=-1)
+    assert wrecked[0]["loss"] > 100
+    # the advice, followed word for word: finite, and back where the healthy run was
+    command = re.search(r"python train.py (.*)", message).group(1)
+    train.main(shlex.split(command) + ["--max_iters=20", f"--log_file={tmp_path / 'after.jsonl'}"])
+    after = [json.loads(line) for line in open(tmp_path / "after.jsonl")]
+    healthy = losses([json.loads(line) for line in open(s["log_file"])])[:10]
+    assert len(after) == 10 and all(math.isfinite(r["loss"]) for r in after) and max(losses(after)) < healthy[0]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
