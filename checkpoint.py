@@ -182,8 +182,12 @@ def verify(path):
 def model_config(info):
     """ModelConfig from train.json (JSON turned the multiplier tuples into lists; turn them back)."""
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in info["model_config"].items() if k in fields}
-    return ModelConfig(**kw)
+    try:
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in info["model_config"].items() if k in fields}
+        return ModelConfig(**kw)
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+        raise InputError(f"the model_config in train.json is damaged ({type(e).__name__}: {e}): the checkpoint "
+                         f"cannot be rebuilt; use an older step folder")
 
 
 # ----------------------------------------------------------------------------- save
@@ -230,6 +234,15 @@ def save(out_dir, step, model, optimizer, settings, data_dir=None, keep_last=3, 
         _prune(out_dir, keep_last, keep=os.path.basename(final))
     _barrier()
     return final
+
+
+def seal(path):
+    """Checksum every file of a checkpoint written in one process (weights only, say) into its train.json."""
+    info = read_info(path)
+    info["checksums"] = {os.path.relpath(os.path.join(d, f), path): _sha256(os.path.join(d, f))
+                         for d, _, names in os.walk(path) for f in names if f.endswith(".distcp") or f == ".metadata"
+                         or d.endswith("rng")}
+    write_json(os.path.join(path, "train.json"), info)
 
 
 def clean(out_dir):

@@ -47,7 +47,16 @@ def write_meta(data_dir, splits, tok=None, dtype=None, source="", vocab_size=Non
 
 
 def read_meta(data_dir):
-    return read_json(os.path.join(data_dir, "meta.json"), "prepare the data first (python prepare.py --name=...)")
+    path = os.path.join(data_dir, "meta.json")
+    meta = read_json(path, "prepare the data first (python prepare.py --name=...)")
+    try:  # what every reader relies on, so a damaged or hand-edited file stops here, named
+        assert isinstance(meta["vocab_size"], int) and meta["dtype"] in ("uint16", "uint32")
+        assert all(isinstance(v["files"], list) for v in meta["splits"].values())
+        assert meta.get("layout", "stream") == "stream" or isinstance(meta["seq_len"], int)
+    except (AssertionError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{path} is damaged ({type(e).__name__}{': ' + str(e) if str(e) else ''}): re-run prepare.py "
+                         f"for {data_dir}")
+    return meta
 
 
 def load_tokenizer(data_dir):
@@ -71,11 +80,22 @@ def open_split(data_dir, split, files="files", dtype=None):
     meta = read_meta(data_dir)
     if split not in meta["splits"]:
         raise InputError(f"{data_dir} has no {split!r} split: choose one of {sorted(meta['splits'])}")
-    paths = [os.path.join(data_dir, f) for f in meta["splits"][split][files]]
+    paths = [os.path.join(data_dir, f) for f in meta["splits"][split].get(files, [])]
+    dtype = np.dtype(dtype or meta["dtype"])
     for p in paths:
         if not os.path.isfile(p):
             raise InputError(f"token file {p} is missing: re-run prepare.py for {data_dir}")
-    return [np.memmap(p, dtype=dtype or meta["dtype"], mode="r") for p in paths]
+        size = os.path.getsize(p)
+        if size == 0 or size % dtype.itemsize:
+            raise InputError(f"token file {p} is damaged ({size} bytes: not a whole number of {dtype} tokens): re-run "
+                             f"prepare.py for {data_dir}")
+    info, rows = meta["splits"][split], meta.get("layout") == "rows"
+    tokens = info.get("rows", 0) * meta.get("seq_len", 0) if rows else info.get("tokens")  # a token or a mask byte each
+    if tokens is not None and sum(map(os.path.getsize, paths)) != tokens * dtype.itemsize:
+        raise InputError(f"the {split} {files.replace('_', ' ')} of {data_dir} hold {sum(map(os.path.getsize, paths)):,} "
+                         f"bytes, but meta.json says {tokens:,} {dtype} values: it does not describe them; re-run "
+                         f"prepare.py for {data_dir}")
+    return [np.memmap(p, dtype=dtype, mode="r") for p in paths]
 
 
 def open_rows(data_dir, split):

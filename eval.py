@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import configurator
 import data
 from configurator import InputError
-from files import atomic_write, write_json
+from files import atomic_write, check_output, write_json
 
 # -----------------------------------------------------------------------------
 # settings: override with a config file or --key=value (see configurator.py)
@@ -208,11 +208,28 @@ def read_docs(data_dir, name, split):
         raise InputError(f"task data {path} not found: run `python eval.py --tasks={name} --data_dir={data_dir} "
                          "--download=True` (needs `pip install datasets` and network), or write that file (one JSON "
                          "document per line, the public dataset's fields; see eval.py's docstring)")
-    with open(path) as f:
+    docs = []
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): write the file as UTF-8")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            return [json.loads(line) for line in f if line.strip()]
+            doc = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {e.doc.count(chr(10)) + 1} is not JSON ({e.msg}): one object per line")
+            raise InputError(f"{path} line {n} is not JSON ({e.msg}): one object per line")
+        try:  # the fields the task's prompt reads, checked now rather than deep inside the scoring
+            TASKS[name].fn(doc)
+            doc["subject"] if name == "mmlu" else None
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise InputError(f"{path} line {n} is no {name} document ({type(e).__name__}: {e}): it needs the public "
+                             f"dataset's fields (see the task's function in eval.py)")
+        docs.append(doc)
+    if not docs:
+        raise InputError(f"{path} holds no documents: write one JSON document per line")
+    return docs
 
 
 def download_tasks(names, data_dir):
@@ -548,8 +565,25 @@ def text_perplexity(model, tok, path, max_len, batch=16, context_len=1):
     """Rolling perplexity of raw text: token perplexity plus the harness's word/byte perplexity and bits per byte."""
     if not os.path.isfile(path):
         raise InputError(f"text file {path} not found: give a .txt file or a .jsonl file with a 'text' field")
-    with open(path, encoding="utf-8") as f:
-        docs = [json.loads(l)["text"] for l in f if l.strip()] if path.endswith(".jsonl") else [f.read()]
+    try:
+        raw = open(path, encoding="utf-8").read()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): write the file as UTF-8")
+    docs = [raw]
+    if path.endswith(".jsonl"):
+        docs = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path} line {n} is not JSON ({e.msg}): one object per line")
+            if not (isinstance(doc, dict) and isinstance(doc.get("text"), str)):
+                raise InputError(f"{path} line {n} has no 'text' string: each line is {{\"text\": ...}}")
+            docs.append(doc["text"])
+    if not any(docs):
+        raise InputError(f"{path} holds no text to score")
     ll = sum(rolling_loglikelihood(model, tok, docs, max_len, batch, context_len, desc="text ppl"))
     n_tok = sum(len(tok.encode(d)) for d in docs)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
@@ -641,6 +675,12 @@ def main(argv):
     globals().update(settings)
     configurator.print_settings(settings)
     names = task_names(tasks) if tasks else []
+    for name, low in (("num_fewshot", 0), ("limit", 0), ("batch_size", 1), ("max_length", 0), ("max_tokens", 0),
+                      ("rolling_context", 1)):
+        if settings[name] < low:  # limit=-1 would silently drop the last document, num_fewshot=-1 every shot
+            raise InputError(f"{name}={settings[name]} must be at least {low}")
+    if out_file:  # before the scoring, so a bad path does not lose its results
+        check_output(out_file, "out_file")
     if download:  # fetch the data and stop: evaluation is a second command, possibly on another machine
         return download_tasks(names or list(TASKS), data_dir)
     if not (names or ppl or text):
@@ -651,6 +691,8 @@ def main(argv):
     L = max_length or model.config.block_size
     if L > model.config.block_size:
         raise InputError(f"max_length={L} exceeds the model's block_size={model.config.block_size}: lower it")
+    if rolling_context >= L:
+        raise InputError(f"rolling_context={rolling_context} leaves nothing to predict in windows of {L} tokens: lower it")
     report, t0 = {"config": settings}, time.time()
     if ppl:
         report["ppl"] = token_split_perplexity(model, ppl, split, L, batch_size, rolling_context, max_tokens, tok)

@@ -13,6 +13,7 @@ import sys
 
 import configurator
 from configurator import InputError
+from files import check_output, sole_writer
 
 # -----------------------------------------------------------------------------
 # settings: override with --key=value (see configurator.py)
@@ -40,10 +41,13 @@ def main(argv):
     if not init_from:
         raise InputError("give --init_from=<our run or checkpoint directory, or a Hugging Face / Meta directory>")
     path = os.path.expanduser(init_from)  # the shell leaves the ~ of --init_from=~/... alone
+    if out:
+        check_output(out, "out", folder=True)  # before the (long) load
     model, tok = checkpoint.load_model(path, tokenizer=os.path.expanduser(tokenizer))
     if out:
-        hf.save_model(model, os.path.expanduser(out), tokenizer=tok, dtype=dtype or None,
-                      max_shard_size=int(max_shard_gb * 2**30))
+        with sole_writer(os.path.expanduser(out), "out", keep_lock=False):
+            hf.save_model(model, os.path.expanduser(out), tokenizer=tok, dtype=dtype or None,
+                          max_shard_size=int(max_shard_gb * 2**30))
     else:
         print(summary(path, model, tok))
 

@@ -4,8 +4,10 @@ a temporary sibling, flushes it to disk and renames it over the target (a rename
 POSIX and Windows), so a crash or a kill leaves the old file or the new one, never a torn one. Output paths are
 checked before the work starts (check_output), and a folder has one writer at a time (Lock).
 """
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -100,3 +102,25 @@ class Lock:
     def release(self):
         if not self.f.closed:
             self.f.close()  # closing the descriptor drops the flock
+
+
+@contextlib.contextmanager
+def sole_writer(folder, what, keep_lock=True):
+    """For the life of a block: `folder` checked, created if need be, and locked for this process alone. If the
+    block fails and the folder was new and holds nothing but the lock, it is removed again (a failed start leaves
+    nothing behind). keep_lock=False removes the lock file at the end (a folder to hand on, an export)."""
+    check_output(folder, what, folder=True)
+    made = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    lock = Lock(folder, what)
+    try:
+        yield
+    except BaseException:
+        if made and os.listdir(folder) == [".lock"]:
+            lock.release()
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        if not keep_lock and os.path.exists(lock.path):
+            os.remove(lock.path)
+        lock.release()

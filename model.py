@@ -143,6 +143,11 @@ class ModelConfig:
             raise ValueError(f"init must be 'normal' or 'corenet', got {self.init!r}")
         if self.backend not in kernels.BACKENDS:
             raise ValueError(f"backend must be one of {kernels.BACKENDS}, got {self.backend!r}")
+        for name in ("qkv_multipliers", "ffn_multipliers"):
+            m = getattr(self, name)
+            if not (m is None or isinstance(m, (int, float)) and not isinstance(m, bool) or isinstance(m, (list, tuple))
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in m)):
+                raise ValueError(f"{name} must be a number, a (lo, hi) pair or a per-layer list, got {m!r}")
         if (self.qkv_multipliers is None) != (self.ffn_multipliers is None):
             raise ValueError("layer-wise scaling needs both qkv_multipliers and ffn_multipliers (or neither)")
         if self.qkv_multipliers is None:

@@ -31,7 +31,7 @@ import numpy as np
 import configurator
 from configurator import InputError
 from data import read_meta, token_dtype, write_meta
-from files import atomic_write, write_json
+from files import atomic_write, sole_writer, write_json
 from tokenizer import Tokenizer, chat_text, encode_chat, turns
 
 # -----------------------------------------------------------------------------
@@ -703,7 +703,9 @@ def _prepare_chat(out_dir, s, tok):
 
 def main(argv):
     configurator.configure(globals(), argv)
-    return prepare_data(os.path.join(data_root, name or default_name(source, hf_config)))
+    out_dir = os.path.join(data_root, name or default_name(source, hf_config))
+    with sole_writer(out_dir, "the data folder (data_root/name)"):
+        return prepare_data(out_dir)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,19 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     stats, a dict, receives new_tokens, seconds, tokens_per_s and, when speculating, proposed/accepted."""
     B, T = idx.shape
     block, V = model.config.block_size, model.config.vocab_size
+    for name, value, ok, rule in (
+            ("max_new_tokens", max_new_tokens, max_new_tokens >= 0, ">= 0"),
+            ("temperature", temperature, temperature >= 0, ">= 0 (0 is greedy)"),
+            ("top_k", top_k, top_k is None or top_k >= 0, ">= 0 (0 is off)"),
+            ("top_p", top_p, top_p is None or 0 <= top_p <= 1, "in [0, 1] (1 is off, 0 keeps the most likely token)"),
+            ("repetition_penalty", repetition_penalty, repetition_penalty > 0, "> 0 (1 is off)"),
+            ("prompt_lookup_num_tokens", prompt_lookup_num_tokens, (prompt_lookup_num_tokens or 0) >= 0, ">= 0"),
+            ("max_matching_ngram_size", max_matching_ngram_size, max_matching_ngram_size >= 1, ">= 1"),
+            ("num_assistant_tokens", num_assistant_tokens, num_assistant_tokens >= 1, ">= 1")):
+        if not ok:  # Hugging Face's generate refuses these too; a negative temperature would invert the distribution
+            raise InputError(f"{name}={value!r} must be {rule}")
+    if T == 0:
+        raise InputError("the prompt is empty: give at least one token (sample.py's prompts start with BOS)")
     if T >= block:
         raise InputError(f"the prompt has {T} tokens but the model's context is {block}: shorten it")
     if T + max_new_tokens > block:
@@ -326,12 +339,19 @@ def main(argv):
                     max_matching_ngram_size=max_matching_ngram_size, assistant_model=draft,
                     num_assistant_tokens=num_assistant_tokens, eos_token_id=tok.eos_id, compile=compile, stats=stats)
     text = start
+    if num_samples < 1:
+        raise InputError(f"num_samples={num_samples} must be at least 1")
     if text.startswith("FILE:"):
         try:
             text = open(text[5:], encoding="utf-8").read()
         except OSError as e:
             raise InputError(f"cannot read the prompt file {text[5:]}: {e.strerror}")
+        except UnicodeDecodeError as e:
+            raise InputError(f"the prompt file {text[5:]} is not UTF-8 text ({e.reason} at byte {e.start})")
     prompts = [line for line in text.splitlines() if line.strip()] if each_line else [text]
+    if not prompts:
+        raise InputError(f"--each_line=True found no prompt lines in {start[5:] if start.startswith('FILE:') else '--start'}: "
+                         f"give one prompt per line")
     if chat:  # a conversation: the reply streams, then the next user turn (only when a person is typing)
         # encode_chat tokenized the finetuning data too: prompts match it token for token
         messages, message = [], text.strip() or (None if sys.stdin.isatty() else "")

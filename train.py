@@ -23,7 +23,6 @@ import math
 import os
 import re
 import resource
-import shutil
 import statistics
 import sys
 import time
@@ -526,28 +525,15 @@ def main(argv):
     that fails leaves no new empty out_dir behind, and the debris of a killed save is cleared first."""
     sources = {}
     settings = settings_for(argv, sources)
-    master, out_dir = os.environ.get("RANK", "0") == "0", settings["out_dir"]
-    made, lock = False, None
-    if master:
-        files.check_output(out_dir, "out_dir", folder=True)
-        if settings["log_file"]:
-            files.check_output(settings["log_file"], "log_file")
-        made = not os.path.isdir(out_dir)
-        os.makedirs(out_dir, exist_ok=True)
-        lock = files.Lock(out_dir, "out_dir")
-        checkpoint.clean(out_dir)
-    try:
+    master = os.environ.get("RANK", "0") == "0"
+    if master and settings["log_file"]:
+        files.check_output(settings["log_file"], "log_file")
+    with files.sole_writer(settings["out_dir"], "out_dir") if master else nullcontext():
+        if master:
+            checkpoint.clean(settings["out_dir"])
         settings, resume_from = resume_settings(settings, sources)
         check(settings)
         train(settings, resume_from)
-    except BaseException:
-        if made and os.listdir(out_dir) == [".lock"]:  # nothing was written but the lock
-            lock.release()
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    finally:
-        if lock:
-            lock.release()
 
 
 def train(settings, resume_from):

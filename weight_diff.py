@@ -43,7 +43,7 @@ import checkpoint
 import configurator
 import hf
 from configurator import InputError
-from files import atomic_write, write_json
+from files import atomic_write, check_output, write_json
 
 # ----------------------------------------------------------------------------- settings
 base = ""  # the base model: a Hugging Face directory, or one of our run or checkpoint folders
@@ -57,7 +57,7 @@ ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", t
              torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 FROM_ST = {v: k for k, v in ST_DTYPES.items()}
 BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-width integers: compare bit patterns
-NOT_COPIED = re.compile(r"\.(safetensors|bin|pth|pt|distcp)$|\.index\.json$|^\.metadata$|^weight_diff\.json$")
+NOT_COPIED = re.compile(r"\.(safetensors|bin|pth|pt|distcp)$|\.index\.json$|^\.metadata$|^weight_diff\.json$|^\.lock$")
 FIXUPS = "fixups.safetensors"  # beside the weights but not in the index: model loaders never see it
 KIND = {"hf": "a Hugging Face directory", "ours": "one of our checkpoints"}
 
@@ -325,6 +325,8 @@ def recover(base, diff, out):
             raise InputError(f"the recovered tensors' checksum {checksum(hashes)} is not the diff's "
                              f"{info['tuned_checksum']}: weight_diff.json is damaged; download the diff again")
         _finish(tmp, diff, files, specs)
+        if info["kind"] == "ours":  # train.json came with the tuned run's checksums; these are other files
+            checkpoint.seal(tmp)
     print(f"recovered {len(hashes)} tensors, checksum {info['tuned_checksum']} matches ({time.time() - t0:.1f}s)")
     return info["tuned_checksum"]
 
@@ -339,6 +341,7 @@ def main(argv):
     for key in ("base", "tuned" if command == "make" else "diff", "out"):
         if not s[key]:
             raise InputError(f"{command} needs --{key}=PATH")
+    check_output(s["out"], "--out", folder=True)  # before reading gigabytes of weights
     if command == "make":
         return make(s["base"], s["tuned"], s["out"])
     return recover(s["base"], s["diff"], s["out"])

@@ -240,7 +240,7 @@ def test_splits_are_by_record_key_and_files_are_identical_on_a_rerun(tok, chats,
     _prepare(tmp_path / "b", path, tok, **kw)
     assert files(tmp_path / "b") == before
     meta = json.loads(before["meta.json"])
-    assert list(meta) == ["tokenizer", "tokenizer_file", "tiktoken_encoding", "vocab_size", "dtype", "bos_id", "eos_id",
+    assert list(meta) == ["tokenizer", "tokenizer_file", "tokenizer_files", "tiktoken_encoding", "vocab_size", "dtype", "bos_id", "eos_id",
                           "pad_id", "source", "splits", "layout", "seq_len", "packing", "chat_format"]
     assert list(meta["splits"]["train"]) == ["files", "mask_files", "documents", "rows", "tokens", "trained_tokens",
                                              "dropped", "truncated"]

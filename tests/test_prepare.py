@@ -126,7 +126,7 @@ def test_stdlib_corpus_and_its_split():
 
 def test_prepare_layout_splits_and_bos_eos(prepared, corpus, sp_model):
     meta = data_lib.read_meta(prepared)
-    assert list(meta) == ["tokenizer", "tokenizer_file", "tiktoken_encoding", "vocab_size", "dtype", "bos_id",
+    assert list(meta) == ["tokenizer", "tokenizer_file", "tokenizer_files", "tiktoken_encoding", "vocab_size", "dtype", "bos_id",
                           "eos_id", "pad_id", "source", "splits", "layout"]
     assert meta["layout"] == "stream"
     assert (meta["tokenizer"], meta["tokenizer_file"], meta["tiktoken_encoding"]) == ("sentencepiece", "tokenizer.model", None)

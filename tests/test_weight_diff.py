@@ -245,8 +245,9 @@ def data_dir(tmp_path_factory):
     words = ["red bird", "cold river", "a big cat sat", "the dog ran home", "xyz quick jumps"] * 40
     spm.SentencePieceTrainer.train(sentence_iterator=iter(words), model_prefix=str(d / "tokenizer"), vocab_size=32,
                                    minloglevel=2)
-    (d / "meta.json").write_text(json.dumps({"tokenizer": "sentencepiece", "tokenizer_file": "tokenizer.model",
-                                             "tiktoken_encoding": None, "vocab_size": 32, "bos_id": 1, "eos_id": 2}))
+    import data
+    from tokenizer import Tokenizer
+    data.write_meta(d, {}, Tokenizer(d / "tokenizer.model"))
     return str(d)
 
 
