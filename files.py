@@ -110,15 +110,18 @@ def sole_writer(folder, what, keep_lock=True):
     block fails and the folder was new and holds nothing but the lock, it is removed again (a failed start leaves
     nothing behind). keep_lock=False removes the lock file at the end (a folder to hand on, an export)."""
     check_output(folder, what, folder=True)
+    top = os.path.abspath(folder)  # the outermost folder this makes, with the ones inside it
+    while not os.path.isdir(os.path.dirname(top)):
+        top = os.path.dirname(top)
     made = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
     lock = Lock(folder, what)
     try:
         yield
     except BaseException:
-        if made and os.listdir(folder) == [".lock"]:
+        if made and [f for _, _, names in os.walk(top) for f in names] == [".lock"]:
             lock.release()
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(top, ignore_errors=True)
         raise
     finally:
         if not keep_lock and os.path.exists(lock.path):

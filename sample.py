@@ -325,6 +325,8 @@ def main(argv):
     torch.manual_seed(seed)
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise InputError(f"dtype={dtype!r}: use auto, float32, bfloat16 or float16")
+    if num_samples < 1:
+        raise InputError(f"num_samples={num_samples} must be at least 1")
     ptdtype = (torch.bfloat16 if "cuda" in device else torch.float32) if dtype == "auto" else getattr(torch, dtype)
     model, tok = checkpoint.load_model(init_from, device, ptdtype, tokenizer=tokenizer, need_tokenizer=True)
     draft = None
@@ -339,8 +341,6 @@ def main(argv):
                     max_matching_ngram_size=max_matching_ngram_size, assistant_model=draft,
                     num_assistant_tokens=num_assistant_tokens, eos_token_id=tok.eos_id, compile=compile, stats=stats)
     text = start
-    if num_samples < 1:
-        raise InputError(f"num_samples={num_samples} must be at least 1")
     if text.startswith("FILE:"):
         try:
             text = open(text[5:], encoding="utf-8").read()
