@@ -28,16 +28,15 @@ Details that public kernels often get wrong, handled here on purpose:
 """
 import functools
 import math
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.common import INTERPRET as _INTERPRET  # importing it also fixes the interpreter's loops
 from kernels import attention_eager as reference  # noqa: F401  (the semantics this file implements)
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 

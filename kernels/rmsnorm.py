@@ -19,15 +19,14 @@ of dy * (x * rstd).to(x.dtype): a fixed number of programs each loop over many r
 fp32 partial sum of dweight; the few partials are then summed, so no atomics and a deterministic result.
 """
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.common import INTERPRET as _INTERPRET  # importing it also fixes the interpreter's loops
 from kernels import rms_norm_eager as reference  # noqa: F401  (the semantics this file implements)
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_BLOCK = 8192  # widest row held in registers at once; wider rows take the chunked two-pass path
 _empty = torch.empty  # tests swap in a NaN-filling allocator to catch unwritten elements
 

@@ -10,6 +10,11 @@ The interpreter is slow, so the cases are a hand-picked list that covers every v
 (causal and not, Tq < Tk and Tq > Tk, GQA ratios 1/4/5, T in 1/17/100/129/300, head_dim 32/64/100/128,
 fp32/fp16) without taking their Cartesian product. Outputs are allocated NaN-filled (the `poison`
 fixture) so an element a kernel forgets to write fails the test.
+
+The kernels must also run on triton 3.6 (what torch 2.11 installs). Against it, in a venv of its own:
+    python3 -m venv /tmp/v36 && /tmp/v36/bin/pip install torch==2.13.0 triton==3.6.0 numpy pytest
+    TRITON_INTERPRET=1 /tmp/v36/bin/python -m pytest -q tests/test_kernels.py tests/test_model.py
+    /tmp/v36/bin/python -m kernels.compile_check --arch=90     (and --arch=80)
 """
 import os
 
@@ -20,7 +25,7 @@ import kernels
 
 triton = pytest.importorskip("triton")
 from kernels import flash_attention as fa  # noqa: E402  (after the importorskip)
-from kernels import rmsnorm, rope  # noqa: E402
+from kernels import common, rmsnorm, rope  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -366,6 +371,38 @@ def test_switch_auto_on_cpu_stays_off_triton(monkeypatch):
     check(kernels.attention(q, k, k), kernels.attention_eager(q.double(), k.double(), k.double()), 1e-5, "attn")
     kernels.rms_norm(q, torch.ones(16), 1e-6)
     kernels.apply_rope(q.transpose(1, 2), k.transpose(1, 2), torch.ones(1, 6, 8), torch.zeros(1, 6, 8))
+
+
+@interpreter_only
+def test_runtime_loop_bounds_under_the_triton_36_interpreter(monkeypatch):
+    """triton <= 3.6's interpreter turns a runtime loop bound (a 1-element array) into an int with int(array),
+    which NumPy >= 2.4 refuses; kernels/common.py fixes that in the interpreter. Whichever triton is installed,
+    emulate that interpreter: the kernels whose loops have runtime bounds fail without the fix, run with it.
+    (The whole suite against triton 3.6 itself: see tests/test_kernels.py's module docstring.)"""
+    from triton.runtime import interpreter
+
+    installed = interpreter._patch_lang_tensor
+
+    def strict_index(self):  # int(array) under NumPy >= 2.4
+        if self.handle.data.ndim:
+            raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+        return int(self.handle.data)
+
+    def triton_36(tensor, scope):
+        installed(tensor, scope)
+        scope.set_attr(tensor, "__index__", strict_index)
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", triton_36)
+    x, w = torch.randn(5, 40), torch.randn(40)
+    with pytest.raises(Exception, match="only 0-dimensional arrays"):
+        rmsnorm.rms_norm(x, w, 1e-6, max_block=16)  # the chunked path loops over column blocks of D
+    common.allow_runtime_loop_bounds(interpreter)  # what importing kernels.common does under the interpreter
+    check(rmsnorm.rms_norm(x, w, 1e-6, max_block=16), kernels.rms_norm_eager(x.double(), w.double(), 1e-6),
+          TOL[f32], "rms_norm, chunked")
+    run_attention(1, 4, 2, 20, 37, 32, True, f32)  # forward, dq and dk/dv loops, causal bounds, GQA loop
+    q, k = torch.randn(1, 2, 1, 32), torch.randn(1, 1, 40, 32)
+    check(fa.decode(q, k, k, num_splits=2), kernels.attention_eager(q.double(), k.double(), k.double()),
+          TOL[f32], "decode")
 
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
