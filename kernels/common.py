@@ -1,10 +1,28 @@
 """
 What the three Triton files (flash_attention.py, rmsnorm.py, rope.py) share: whether they run under the
-CPU interpreter, and a fix that lets the interpreter of triton <= 3.6 run their loops.
+CPU interpreter (and a fix that lets triton 3.6's interpreter run their loops), and small launcher helpers.
 """
+import functools
 import os
 
+import torch
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def prep(t):
+    """t with unit stride along its last dimension, which every kernel assumes (copied if it has not)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def strides(prefix, t, dims):
+    """t's strides under the kernels' argument names: strides("sq", q, "bht") = {sqb:, sqh:, sqt:}."""
+    return {prefix + d: s for d, s in zip(dims, t.stride())}
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index):
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def allow_runtime_loop_bounds(interpreter):

@@ -1,0 +1,74 @@
+"""
+What "sdpa" runs: PyTorch's fused attention, and RMSNorm and RoPE as autograd Functions of PyTorch ops with
+hand-written backward passes. They give the eager references' values (kernels/reference.py) with a fraction
+of the allocations, which is what a CPU step spends its time on.
+"""
+import torch
+import torch.nn.functional as F
+
+from kernels.reference import _acc, causal_mask
+
+
+def attention_sdpa(q, k, v, causal=True, mask=None):
+    """attention_eager's semantics through F.scaled_dot_product_attention."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    if causal and Tq == 1:  # one new query at the end sees every key
+        causal = False
+    elif causal and (mask is not None or Tq != Tk):
+        # SDPA's is_causal aligns to the top left and cannot be combined with a mask: build ours
+        cm = causal_mask(Tq, Tk, q.device)
+        mask, causal = (cm if mask is None else mask & cm), False
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+
+
+class RMSNormTorch(torch.autograd.Function):
+    """rms_norm_eager's values with a hand-written backward, for devices without our Triton kernels.
+    Autograd through the eager code allocates and traverses a full-size tensor for each of its pow, mul,
+    mean and rsqrt steps and their derivatives; here the backward is PyTorch's fused LayerNorm backward
+    with a zero mean, plus the one term that the mean subtraction adds: LayerNorm's
+    dx = rstd * (dn - mean(dn) - n * mean(dn * n)), with n = x * rstd and dn = dy * weight, is RMSNorm's
+    dx minus rstd * mean(dn)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        xf = x.to(_acc(x.dtype))
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)  # bit-identical to F.rms_norm's
+        ctx.save_for_backward(x, weight, rstd)
+        return (xf * rstd).to(x.dtype) * weight
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        acc, C = rstd.dtype, x.shape[-1]
+        with torch.autocast(dy.device.type, enabled=False):  # in case backward() runs under autocast
+            dy, w = dy.to(acc), weight.to(acc)
+            dx, dw, _ = torch.ops.aten.native_layer_norm_backward(
+                dy, x.to(acc), [C], torch.zeros_like(rstd), rstd, w, None, [True, ctx.needs_input_grad[1], False])
+            dx += rstd * torch.mv(dy.reshape(-1, C), w).view(rstd.shape) / C  # + rstd * mean(dn)
+        return dx.to(x.dtype), None if dw is None else dw.to(weight.dtype), None
+
+
+def _rotate(x, cos, sin):
+    """rope_eager's values, bit for bit, with one full-size output and no cat."""
+    d = x.shape[-1] // 2
+    xf = x.to(_acc(x.dtype))
+    s = sin.unsqueeze(2)
+    out = xf * torch.cat([cos, cos], dim=-1).unsqueeze(2)  # x * cos over both halves
+    out[..., :d] -= xf[..., d:] * s
+    out[..., d:] += xf[..., :d] * s
+    return out.to(x.dtype)
+
+
+class RoPETorch(torch.autograd.Function):
+    """RoPE with a hand-written backward: a rotation's gradient is the rotation by the opposite angle."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, dy):
+        cos, sin = ctx.saved_tensors
+        return _rotate(dy, cos, -sin), None, None
