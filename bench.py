@@ -531,7 +531,7 @@ def bench_train_ops(B=8, T=256, V=8192):
     nanoGPT runs in their place (F.cross_entropy, F.layer_norm)."""
     import time
     import torch.nn.functional as F
-    from model import CrossEntropy
+    from kernels import CrossEntropy
     g = torch.Generator().manual_seed(0)
     logits, targets = torch.randn(B * T, V, generator=g).bfloat16(), torch.randint(V, (B * T,), generator=g)
     resid, w = torch.randn(B, T, 384, generator=g), torch.ones(384, requires_grad=True)

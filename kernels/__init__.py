@@ -1,12 +1,13 @@
 """
-The kernel switch: the model reaches attention, RMSNorm and RoPE only through these three functions.
+The kernel switch: the model reaches attention, RMSNorm, RoPE and the loss only through these four functions.
 
 backend is one of:
   "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs
   "triton" our Triton kernels; on a CPU only under TRITON_INTERPRET=1, which is how the tests run them
-  "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm and RoPE as autograd Functions of
-           PyTorch ops with hand-written backward passes: the eager values, with a fraction of the
-           allocations, which is what a CPU step spends its time on
+  "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm, RoPE and the loss as autograd
+           Functions of PyTorch ops with hand-written backward passes: the eager values, with a fraction of
+           the allocations, which is what a CPU step spends its time on (the loss takes this path under
+           "auto" and "triton" too: there is no Triton loss)
   "eager"  plain PyTorch, written for clarity: the reference the other backends are tested against
 
 The files, each importing only those below it:
@@ -15,8 +16,8 @@ The files, each importing only those below it:
   rmsnorm.py          Triton: fused RMSNorm forward and backward
   rope.py             Triton: RoPE on q and k in one launch, forward and backward
   common.py           what the Triton files share (interpreter flag and fix, launcher helpers)
-  torch_ops.py        "sdpa": attention_sdpa, RMSNormTorch, RoPETorch
-  reference.py        "eager": attention_eager, rms_norm_eager, rope_eager (and causal_mask)
+  torch_ops.py        "sdpa": attention_sdpa, RMSNormTorch, RoPETorch, CrossEntropy
+  reference.py        "eager": attention_eager, rms_norm_eager, rope_eager, cross_entropy_eager, IGNORE_INDEX
   compile_check.py    compiles every Triton kernel for an NVIDIA GPU without one (python -m kernels.compile_check)
 The references and torch ops are importable from here too (kernels.attention_eager, kernels.RMSNormTorch):
 tests and benchmarks call them by those names.
@@ -29,8 +30,9 @@ import os
 
 import torch
 
-from kernels.reference import attention_eager, causal_mask, rms_norm_eager, rope_eager  # noqa: F401  (see above)
-from kernels.torch_ops import RMSNormTorch, RoPETorch, attention_sdpa
+from kernels.reference import (IGNORE_INDEX, attention_eager, causal_mask, cross_entropy_eager,  # noqa: F401
+                               rms_norm_eager, rope_eager)
+from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, attention_sdpa
 
 BACKENDS = ("auto", "triton", "sdpa", "eager")
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what "auto" sends to the norm/RoPE kernels
@@ -100,3 +102,16 @@ def apply_rope(q, k, cos, sin, backend="auto"):
     if backend == "eager" or torch.compiler.is_compiling():
         return rope_eager(q, cos, sin), rope_eager(k, cos, sin)
     return RoPETorch.apply(q, cos, sin), RoPETorch.apply(k, cos, sin)
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def cross_entropy(logits, targets, z_loss=0.0, backend="auto"):
+    """Mean over targets != IGNORE_INDEX of -log softmax(logits)[target] + z_loss * logsumexp(logits)^2,
+    in fp32 (or wider); logits (N, V), targets (N,). There is no Triton loss: "eager" and torch.compile
+    take the plain formula (which inductor fuses better than it traces the Function's blocks), every
+    other backend the blocked CrossEntropy."""
+    _check(backend)
+    if backend == "eager" or torch.compiler.is_compiling():
+        return cross_entropy_eager(logits, targets, z_loss)
+    return CrossEntropy.apply(logits, targets, z_loss)

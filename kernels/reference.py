@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+IGNORE_INDEX = -1  # targets with this id contribute nothing to the loss (padding, masked prompts)
+
 
 def _acc(dtype):
     """Dtype of the eager math: fp32 for fp16/bf16/fp32 inputs; float64 stays float64, so tests can
@@ -59,3 +61,12 @@ def rope_eager(x, cos, sin):
     x1, x2 = xf[..., :d], xf[..., d:]
     c, s = cos.unsqueeze(2), sin.unsqueeze(2)  # (B, T, 1, D/2): broadcast over heads
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+
+def cross_entropy_eager(logits, targets, z_loss=0.0):
+    """Mean over targets != IGNORE_INDEX of -log softmax(logits)[target] + z_loss * logsumexp(logits)^2, in
+    fp32 (or wider). logits (N, V), targets (N,). An all-ignored batch gives 0, not NaN."""
+    x, valid = logits.to(_acc(logits.dtype)), targets != IGNORE_INDEX
+    lse = torch.logsumexp(x, dim=-1)
+    nll = lse - x.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
+    return ((nll + z_loss * lse * lse) * valid).sum() / valid.sum().clamp(min=1)
