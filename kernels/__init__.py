@@ -2,7 +2,9 @@
 The kernel switch: the model reaches attention, RMSNorm, RoPE and the loss only through these four functions.
 
 backend is one of:
-  "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs
+  "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs; each Triton kernel only
+           after it has matched the reference on a small problem, once per process and dtype (_triton_ok):
+           one that does not, or raises, gets one warning line and "sdpa"'s path from then on
   "triton" our Triton kernels; on a CPU only under TRITON_INTERPRET=1, which is how the tests run them
   "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm, RoPE and the loss as autograd
            Functions of PyTorch ops with hand-written backward passes: the eager values, with a fraction of
@@ -27,6 +29,7 @@ needs it. The module is called flash_attention.py, not attention.py, because a s
 `attention` would replace the function `kernels.attention` on the package the moment it is imported.
 """
 import os
+import sys
 
 import torch
 
@@ -54,6 +57,93 @@ def _triton_usable(*tensors):
     return True
 
 
+# ----------------------------------------------------------------------------- "auto" checks Triton first
+
+def _on_gpu(t):
+    """Where "auto" considers the Triton kernels: CUDA tensors. (Tests let in the CPU interpreter's.)"""
+    return t.is_cuda
+
+
+_checked = {}  # (op, dtype) -> whether "auto" may run op's Triton kernel on dtype; decided once per process
+_CHECK_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 8e-2}  # 2.5-4x tests/test_kernels.py's
+
+
+@torch.compiler.assume_constant_result  # torch.compile runs it while tracing and keeps the answer as a constant
+def _triton_ok(op, dtype, device, problem):
+    """Whether "auto" may run op's Triton kernel on dtype. The first time for each (op, dtype) in a process,
+    the kernel runs a small random problem shaped by `problem` beside the reference (_self_check); if it errs
+    by more than _CHECK_TOL, or raises, one warning line goes to stderr and the answer is no for good.
+    A broken triton, driver or GPU then costs speed, not a silently wrong model."""
+    key = (op, dtype)
+    if key not in _checked:
+        try:
+            err = _self_check(op, dtype, device, problem)
+            failure = None if err <= _CHECK_TOL[dtype] else f"is off by {err:.2g} x max(1, max |reference|)"
+        except Exception as e:  # noqa: BLE001  (whatever the kernel raises, "auto" must not use it)
+            failure = f"raised {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        if failure:
+            name = str(dtype).removeprefix("torch.")
+            print(f"warning: kernels: the Triton {op} kernel {failure} on a small {name} problem; backend 'auto' "
+                  f"runs the non-Triton {op} for {name} from now on ('triton' still forces the kernel)",
+                  file=sys.stderr)
+        _checked[key] = failure is None
+    return _checked[key]
+
+
+def _self_check(op, dtype, device, problem):
+    """op's Triton kernel against its reference in float64 on a small random problem, forward and backward:
+    the largest error over the outputs and input gradients, each relative to max(1, the reference's largest
+    magnitude) as in tests/test_kernels.py. problem is (head_dim, query heads per kv head) for attention,
+    (width, weight dtype) for rms_norm, (head_dim,) for rope: the caller's, so the compiled kernels are the
+    ones its call needs anyway. Its own generator: the global RNG (and so training) is left as it was."""
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape, dt=dtype, scale=1.0, shift=0.0):  # rounded to the checked dtype, for both runs
+        return (shift + scale * torch.randn(shape, generator=gen, device=device)).to(dt)
+
+    if op == "attention":
+        from kernels import flash_attention as fa
+        D, group = problem
+        ins = [(rand(1, group, 80, D), True), (rand(1, 1, 80, D), True), (rand(1, 1, 80, D), True)]  # 80: blocks ragged
+
+        def kernel(q, k, v):  # and the split-KV decode path, forward only
+            return [fa.attention(q, k, v), fa.decode(q[:, :, -1:].detach(), k.detach(), v.detach(), 2)]
+
+        def reference(q, k, v):
+            return [attention_eager(q, k, v), attention_eager(q[:, :, -1:].detach(), k.detach(), v.detach())]
+    elif op == "rms_norm":
+        from kernels import rmsnorm
+        D, wdtype = problem
+        ins = [(rand(67, D, scale=3.0), True), (rand(D, dt=wdtype, scale=0.5, shift=1.0), True)]
+
+        def kernel(x, w):
+            return [rmsnorm.rms_norm(x, w, 1e-6)]
+
+        def reference(x, w):
+            return [rms_norm_eager(x, w, 1e-6)]
+    else:
+        from kernels import rope
+        (D,) = problem
+        angle = 10 * torch.randn(1, 9, D // 2, generator=gen, device=device)
+        ins = [(rand(2, 9, 4, D), True), (rand(2, 9, 1, D), True), (angle.cos(), False), (angle.sin(), False)]
+        kernel = rope.apply_rope
+
+        def reference(q, k, cos, sin):
+            return [rope_eager(q, cos, sin), rope_eager(k, cos, sin)]
+
+    def run(fn, cast):  # outputs, then the gradients of the inputs that take one, for the same cotangents
+        cot = torch.Generator(device=device).manual_seed(1)
+        leaves = [cast(t).requires_grad_(grad) for t, grad in ins]
+        ys = list(fn(*leaves))
+        diff = [y for y in ys if y.requires_grad]
+        dys = [torch.randn(y.shape, generator=cot, device=device).to(dtype).to(y.dtype) for y in diff]
+        return ys + list(torch.autograd.grad(diff, [t for t in leaves if t.requires_grad], dys))
+
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        got, want = run(kernel, lambda t: t.clone()), run(reference, lambda t: t.double())
+    return max(((a.double() - b).abs().max() / b.abs().max().clamp(min=1)).item() for a, b in zip(got, want))
+
+
 # ----------------------------------------------------------------------------- attention
 
 def attention(q, k, v, causal=True, mask=None, backend="auto"):
@@ -69,11 +159,15 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of kv heads ({k.shape[1]})")
     if backend == "eager":
         return attention_eager(q, k, v, causal, mask)
-    if backend == "triton" or (backend == "auto" and mask is None and q.is_cuda and _triton_usable(q)):
+    if backend == "triton" or (backend == "auto" and mask is None and _on_gpu(q) and _triton_usable(q)):
         from kernels import flash_attention
-        if backend == "triton" or flash_attention.supported(q, k, v):
+        if backend == "triton":
             if mask is not None:
                 raise ValueError("the Triton attention kernel takes no explicit mask: use backend='sdpa'")
+            return flash_attention.attention(q, k, v, causal=causal)
+        dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+        if flash_attention.supported(q, k, v) and _triton_ok("attention", dtype, q.device,
+                                                             (q.shape[-1], q.shape[1] // k.shape[1])):
             return flash_attention.attention(q, k, v, causal=causal)
     return attention_sdpa(q, k, v, causal, mask)
 
@@ -83,7 +177,8 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
 def rms_norm(x, weight, eps, backend="auto"):
     """RMSNorm over the last dimension of x (any leading shape), weight of shape (x.shape[-1],)."""
     _check(backend)
-    if backend == "triton" or (backend == "auto" and x.is_cuda and x.dtype in _TRITON_DTYPES and _triton_usable(x)):
+    if backend == "triton" or (backend == "auto" and _on_gpu(x) and x.dtype in _TRITON_DTYPES and _triton_usable(x)
+                               and _triton_ok("rms_norm", x.dtype, x.device, (x.shape[-1], weight.dtype))):
         from kernels import rmsnorm
         return rmsnorm.rms_norm(x, weight, eps)
     if backend == "eager" or torch.compiler.is_compiling():
@@ -96,7 +191,8 @@ def rms_norm(x, weight, eps, backend="auto"):
 def apply_rope(q, k, cos, sin, backend="auto"):
     """Applies RoPE to q (B, T, Hq, D) and k (B, T, Hkv, D); returns (q, k)."""
     _check(backend)
-    if backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype in _TRITON_DTYPES and _triton_usable(q)):
+    if backend == "triton" or (backend == "auto" and _on_gpu(q) and q.dtype in _TRITON_DTYPES and _triton_usable(q)
+                               and _triton_ok("rope", q.dtype, q.device, (q.shape[-1],))):
         from kernels import rope
         return rope.apply_rope(q, k, cos, sin)
     if backend == "eager" or torch.compiler.is_compiling():

@@ -373,6 +373,71 @@ def test_switch_auto_on_cpu_stays_off_triton(monkeypatch):
     kernels.apply_rope(q.transpose(1, 2), k.transpose(1, 2), torch.ones(1, 6, 8), torch.zeros(1, 6, 8))
 
 
+@pytest.fixture
+def auto_on_cpu(monkeypatch):
+    """"auto" takes the CPU interpreter's tensors for a GPU's, with nothing checked yet in this process."""
+    monkeypatch.setattr(kernels, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(kernels, "_checked", {})
+
+
+@interpreter_only
+def test_auto_checks_a_triton_kernel_once_then_uses_it(auto_on_cpu, monkeypatch, capsys):
+    calls = []
+    real = rmsnorm.rms_norm
+    monkeypatch.setattr(rmsnorm, "rms_norm", lambda x, *a: calls.append(tuple(x.shape)) or real(x, *a))
+    x, w = torch.randn(5, 3, 32), torch.randn(32)
+    rng = torch.get_rng_state()
+    y = kernels.rms_norm(x, w, 1e-6)
+    assert calls == [(67, 32), (5, 3, 32)]  # the check's problem, then the call
+    assert torch.equal(torch.get_rng_state(), rng)  # the check draws from its own generator
+    kernels.rms_norm(x, w, 1e-6)
+    assert calls[2:] == [(5, 3, 32)] and kernels._checked == {("rms_norm", f32): True}
+    assert capsys.readouterr().err == ""
+    check(y, kernels.rms_norm_eager(x.double(), w.double(), 1e-6), TOL[f32], "rms_norm")
+    q, k = torch.randn(1, 4, 20, 32).half(), torch.randn(1, 2, 20, 32).half()  # attention: fp16 only
+    check(kernels.attention(q, k, k), kernels.attention_eager(q.double(), k.double(), k.double()), TOL[f16], "attn")
+    assert kernels._checked[("attention", f16)] is True and capsys.readouterr().err == ""
+
+
+@interpreter_only
+def test_auto_falls_back_for_good_when_the_triton_kernel_is_wrong(auto_on_cpu, monkeypatch, capsys):
+    real = rmsnorm.rms_norm
+    monkeypatch.setattr(rmsnorm, "rms_norm", lambda x, w, eps: real(x, w, eps) * 1.5)
+    x, w = torch.randn(5, 3, 32), torch.randn(32)
+    for _ in range(2):
+        assert torch.equal(kernels.rms_norm(x, w, 1e-6), kernels.rms_norm_eager(x, w, 1e-6))
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: kernels: the Triton rms_norm kernel is off by 0.5 x")
+    assert "float32" in err[0] and kernels._checked == {("rms_norm", f32): False}
+    assert torch.equal(kernels.rms_norm(x, w, 1e-6, backend="triton"), 1.5 * real(x, w, 1e-6))  # never replaced
+
+    def fails(*args):
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore")
+    monkeypatch.setattr(rope, "apply_rope", fails)
+    q, k, cos, sin = rope_inputs(2, 5, 4, 2, 32, f32, 1)
+    got = kernels.apply_rope(q, k, cos, sin)
+    assert torch.equal(got[0], kernels.rope_eager(q, cos, sin)) and torch.equal(got[1], kernels.rope_eager(k, cos, sin))
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: kernels: the Triton rope kernel raised RuntimeError: CUDA error: no kernel image is available for "
+        "execution on the device on a small float32 problem; backend 'auto' runs the non-Triton rope for float32 "
+        "from now on ('triton' still forces the kernel)"]
+
+
+@interpreter_only
+def test_auto_check_runs_eagerly_under_torch_compile(auto_on_cpu, monkeypatch, capsys):
+    """Traced for the first time, "auto" still checks the kernel, eagerly: the answer becomes a constant."""
+    x, w = torch.randn(5, 3, 32), torch.randn(32)
+    norm = torch.compile(lambda x, w: kernels.rms_norm(x, w, 1e-6), fullgraph=True, backend="aot_eager")
+    check(norm(x, w), kernels.rms_norm_eager(x.double(), w.double(), 1e-6), TOL[f32], "compiled rms_norm")
+    assert kernels._checked == {("rms_norm", f32): True} and capsys.readouterr().err == ""
+    real = rmsnorm.rms_norm
+    monkeypatch.setattr(rmsnorm, "rms_norm", lambda x, w, eps: real(x, w, eps) * 1.5)
+    monkeypatch.setattr(kernels, "_checked", {})
+    torch._dynamo.reset()
+    assert torch.equal(norm(x, w), kernels.rms_norm_eager(x, w, 1e-6))
+    assert len(capsys.readouterr().err.splitlines()) == 1 and kernels._checked == {("rms_norm", f32): False}
+
+
 @interpreter_only
 def test_runtime_loop_bounds_under_the_triton_36_interpreter(monkeypatch):
     """triton <= 3.6's interpreter turns a runtime loop bound (a 1-element array) into an int with int(array),
@@ -524,12 +589,18 @@ def test_gpu_attention_bf16_model_shapes(name, B, Hq, Hkv, T, D, causal):
 
 
 @gpu
-def test_gpu_auto_dispatch():
+def test_gpu_auto_dispatch(capsys):
+    """"auto" on this GPU: each kernel passes its one-time check (no warning) and is used."""
     q = torch.randn(1, 4, 64, 64, device="cuda", dtype=bf16)
     k = torch.randn(1, 1, 64, 64, device="cuda", dtype=bf16)
     assert fa.supported(q, k, k)
     check(kernels.attention(q, k, k), kernels.attention_sdpa(q, k, k).float(), TOL[bf16], "auto")
     assert not fa.supported(q.float(), k.float(), k.float())  # fp32 on CUDA goes to SDPA
+    x, w = torch.randn(8, 256, device="cuda", dtype=bf16), torch.ones(256, device="cuda")
+    kernels.rms_norm(x, w, 1e-6)
+    kernels.apply_rope(*rope_inputs(1, 16, 4, 1, 64, bf16, 1))
+    assert capsys.readouterr().err == ""
+    assert all(kernels._checked.get((op, bf16)) for op in ("attention", "rms_norm", "rope")), kernels._checked
 
 
 @gpu
