@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 import kernels
 
-IGNORE_INDEX = kernels.IGNORE_INDEX  # targets with this id add nothing to the loss; train.py and bench.py import it here
+IGNORE_INDEX = kernels.IGNORE_INDEX  # targets that add nothing to the loss; train.py and bench.py import it here
 
 
 def make_divisible(v, divisor, min_value=None):

@@ -94,8 +94,10 @@ def _self_check(op, dtype, device, problem):
     """op's Triton kernel against its reference in float64 on a small random problem, forward and backward:
     the largest error over the outputs and input gradients, each relative to max(1, the reference's largest
     magnitude) as in tests/test_kernels.py. problem is (head_dim, query heads per kv head) for attention,
-    (width, weight dtype) for rms_norm, (head_dim,) for rope: the caller's, so the compiled kernels are the
-    ones its call needs anyway. Its own generator: the global RNG (and so training) is left as it was."""
+    (width, weight dtype) for rms_norm, (head_dim,) for rope: the caller's, and the sizes are multiples of
+    16 like a model's, so on a GPU the kernels compiled for the check are mostly those the call needs anyway
+    (attention's autotuner still times its configs once for the check's sequence length). Its own
+    generator: the global RNG, and so training, is left as it was."""
     gen = torch.Generator(device=device).manual_seed(0)
 
     def rand(*shape, dt=dtype, scale=1.0, shift=0.0):  # rounded to the checked dtype, for both runs
@@ -104,7 +106,7 @@ def _self_check(op, dtype, device, problem):
     if op == "attention":
         from kernels import flash_attention as fa
         D, group = problem
-        ins = [(rand(1, group, 80, D), True), (rand(1, 1, 80, D), True), (rand(1, 1, 80, D), True)]  # 80: blocks ragged
+        ins = [(rand(1, group, 80, D), True), (rand(1, 1, 80, D), True), (rand(1, 1, 80, D), True)]  # 80: ragged blocks
 
         def kernel(q, k, v):  # and the split-KV decode path, forward only
             return [fa.attention(q, k, v), fa.decode(q[:, :, -1:].detach(), k.detach(), v.detach(), 2)]
@@ -114,7 +116,7 @@ def _self_check(op, dtype, device, problem):
     elif op == "rms_norm":
         from kernels import rmsnorm
         D, wdtype = problem
-        ins = [(rand(67, D, scale=3.0), True), (rand(D, dt=wdtype, scale=0.5, shift=1.0), True)]
+        ins = [(rand(80, D, scale=3.0), True), (rand(D, dt=wdtype, scale=0.5, shift=1.0), True)]
 
         def kernel(x, w):
             return [rmsnorm.rms_norm(x, w, 1e-6)]
@@ -124,8 +126,8 @@ def _self_check(op, dtype, device, problem):
     else:
         from kernels import rope
         (D,) = problem
-        angle = 10 * torch.randn(1, 9, D // 2, generator=gen, device=device)
-        ins = [(rand(2, 9, 4, D), True), (rand(2, 9, 1, D), True), (angle.cos(), False), (angle.sin(), False)]
+        angle = 10 * torch.randn(1, 16, D // 2, generator=gen, device=device)
+        ins = [(rand(2, 16, 4, D), True), (rand(2, 16, 2, D), True), (angle.cos(), False), (angle.sin(), False)]
         kernel = rope.apply_rope
 
         def reference(q, k, cos, sin):
