@@ -5,7 +5,7 @@ FlashAttention-2 in Triton: forward, backward and a split-KV decode path, with g
     supported(q, k, v) -> bool        whether the switch in kernels/__init__.py should send these here
     reference                         the plain-PyTorch semantics (kernels/reference.py: attention_eager)
 
-How it works (Dao 2023, "FlashAttention-2"):
+How it works (Dao 2023, "FlashAttention-2", arXiv 2307.08691: Algorithms 1 and 2, section 3.1):
 - forward: one program per (block of BLOCK_M queries, query head). It streams the keys of its kv head
   in blocks of BLOCK_N with an online softmax (running max m, running sum l, exp2 with log2(e) folded
   into the scale) and saves lse = m + log2(l) per query row, in log2 units, for the backward.
@@ -13,7 +13,8 @@ How it works (Dao 2023, "FlashAttention-2"):
   one kernel per key block computes dk and dv, looping over every query head of its group (so GQA
   gradients are summed in registers, with no repeated K/V and no atomics), and one kernel per query
   block computes dq. Two kernels recompute q k^T twice, but stay deterministic.
-- decode (Tq == 1, no gradient needed): Flash-Decoding. The KV cache is cut into splits, each program
+- decode (Tq == 1, no gradient needed): Flash-Decoding (Dao, Haziza, Massa, Sizov 2023, "Flash-Decoding
+  for long-context inference", PyTorch blog). The KV cache is cut into splits, each program
   handles one split for all query heads of one kv head, and a second kernel merges the partial results
   with their log-sum-exp weights, so a long cache keeps the whole GPU busy even at batch 1.
 

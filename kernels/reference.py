@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -1  # targets with this id contribute nothing to the loss (padding, masked prompts)
+IGNORE_INDEX = -1  # targets that add nothing to the loss (padding, masked prompts); CoreNet's default too
 
 
 def _acc(dtype):
@@ -65,7 +65,10 @@ def rope_eager(x, cos, sin):
 
 def cross_entropy_eager(logits, targets, z_loss=0.0):
     """Mean over targets != IGNORE_INDEX of -log softmax(logits)[target] + z_loss * logsumexp(logits)^2, in
-    fp32 (or wider). logits (N, V), targets (N,). An all-ignored batch gives 0, not NaN."""
+    fp32 (or wider). logits (N, V), targets (N,). An all-ignored batch gives 0, not NaN. The z-loss is
+    CoreNet's (CrossEntropyLM._compute_loss, corenet/loss_fn/language_modeling/cross_entropy.py, after eq. 5
+    of ST-MoE, arXiv 2202.08906; projects/openelm/pretraining_configs turn it on at its default 1e-4), except
+    that an ignored target adds nothing here: CoreNet zeroes an ignored row's logits, so each adds log(V)^2."""
     x, valid = logits.to(_acc(logits.dtype)), targets != IGNORE_INDEX
     lse = torch.logsumexp(x, dim=-1)
     nll = lse - x.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)

@@ -4,10 +4,12 @@ Fused RMSNorm in Triton: forward, and a backward that returns dx and dweight.
     rms_norm(x, weight, eps)   x (..., D) of any leading shape, weight (D,)
     reference                  the plain-PyTorch semantics (kernels/reference.py: rms_norm_eager)
 
-Semantics (spec section 5, trap 7): normalize in fp32, cast to x's dtype, THEN multiply by the weight,
-so y = (x * rstd).to(x.dtype) * weight with rstd = 1 / sqrt(mean(x^2) + eps). The output dtype is
-torch's promotion of x's and weight's dtypes, as in the eager code (bf16 x with an fp32 weight gives
-fp32). The same kernel serves the model norms (D = model dim) and QK-norm (x (B, T, H, head_dim)).
+Semantics: normalize in fp32, cast to x's dtype, THEN multiply by the weight, so
+y = (x * rstd).to(x.dtype) * weight with rstd = 1 / sqrt(mean(x^2) + eps): the order of CoreNet's
+RMSNorm.forward and HF's LlamaRMSNorm.forward (see rms_norm_eager); scaling in fp32 first differs in
+bf16. The output dtype is torch's promotion of x's and weight's dtypes, as in the eager code (bf16 x with
+an fp32 weight gives fp32). The same kernel serves the model norms (D = model dim) and QK-norm
+(x (B, T, H, head_dim)).
 
 Layout: rows of BLOCK_R x BLOCK_D elements per program. Small D (QK-norm, D = 64) packs many rows per
 program, large D one row. A row wider than MAX_BLOCK is processed in column chunks, in two passes

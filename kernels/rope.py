@@ -6,7 +6,8 @@ Rotary position embedding (RoPE) in Triton: q and k rotated in one fused pass, f
 
 Rotate-half layout (Hugging Face / OpenELM): the pair (x[i], x[i + D/2]) rotates by the angle whose
 cosine and sine are cos[..., i], sin[..., i]. The math is fp32 and the result is cast to the input's
-dtype (spec section 5, trap 6: OpenELM rotates in fp32).
+dtype, as OpenELM rotates: CoreNet's RotaryEmbedding.forward (corenet/modeling/layers/rotary_embeddings.py)
+rotates query.float() and key.float() and casts back with type_as.
 
 The kernel works on rows: a row is one head of one token, (b, t, h), of either q or k, and a program
 rotates BLOCK_R rows (about 4k elements) with the cos/sin of each row's token. The heads of a token sit

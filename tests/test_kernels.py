@@ -249,7 +249,7 @@ def test_rms_norm(shape, dtype, wdtype, max_block):
 @needs_triton
 @pytest.mark.parametrize("dtype", [f16, pytest.param(bf16, marks=gpu)])
 def test_rms_norm_cast_order(dtype):
-    """Normalize, cast to x's dtype, then scale (spec trap 7). A float64 reference cannot see the cast,
+    """Normalize, cast to x's dtype, then scale (CoreNet's and HF's order). A float64 reference cannot see the cast,
     so compare with the eager code in the same dtype: the wrong order leaves many elements 1 ulp off."""
     torch.manual_seed(0)
     x = torch.randn(64, 256, device=DEVICE).to(dtype)

@@ -502,7 +502,7 @@ def test_attention_chunk_is_aligned_bottom_right(backend):
 
 
 def test_rms_norm_matches_transformers_bit_for_bit_in_bf16():
-    # normalise in fp32, cast to the input dtype, then scale (spec trap 7): HF Llama's order
+    # normalise in fp32, cast to the input dtype, then scale: HF LlamaRMSNorm.forward's order
     import kernels
     LlamaRMSNorm = pytest.importorskip("transformers.models.llama.modeling_llama").LlamaRMSNorm
     torch.manual_seed(0)
