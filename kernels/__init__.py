@@ -19,7 +19,7 @@ The files, each importing only those below it:
   rope.py             Triton: RoPE on q and k in one launch, forward and backward
   common.py           what the Triton files share (interpreter flag and fix, launcher helpers)
   torch_ops.py        "sdpa": attention_sdpa, RMSNormTorch, RoPETorch, CrossEntropy
-  reference.py        "eager": attention_eager, rms_norm_eager, rope_eager, cross_entropy_eager, IGNORE_INDEX
+  reference.py        "eager": attention_eager, rms_norm_eager, rope_eager, cross_entropy_eager; IGNORE_INDEX
   compile_check.py    compiles every Triton kernel for an NVIDIA GPU without one (python -m kernels.compile_check)
 The references and torch ops are importable from here too (kernels.attention_eager, kernels.RMSNormTorch):
 tests and benchmarks call them by those names.
@@ -33,8 +33,8 @@ import sys
 
 import torch
 
-from kernels.reference import (IGNORE_INDEX, attention_eager, causal_mask, cross_entropy_eager,  # noqa: F401
-                               rms_norm_eager, rope_eager)
+from kernels.reference import (IGNORE_INDEX, attention_eager, cross_entropy_eager, rms_norm_eager,  # noqa: F401
+                               rope_eager)
 from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, attention_sdpa
 
 BACKENDS = ("auto", "triton", "sdpa", "eager")

@@ -29,7 +29,7 @@ def allow_runtime_loop_bounds(interpreter):
     """Makes the interpreter accept a runtime scalar as a range() bound under NumPy >= 2.4.
 
     The interpreter holds every scalar (a kernel argument, program_id, tl.maximum of them) as a 1-element
-    array, and triton <= 3.6 turns a loop bound into a Python int with int(array), which NumPy 2.4 refuses
+    array, and triton 3.6 (and earlier) turns a loop bound into a Python int with int(array), which NumPy 2.4 refuses
     for arrays that are not 0-d (deprecated since NumPy 1.25). Every `for i in range(lo, hi, BLOCK)` whose
     lo or hi is not a constexpr then fails with "only 0-dimensional arrays can be converted to Python
     scalars" (triton-lang/triton issue 9171); later triton squeezes the array first (pull request 9172),
