@@ -249,8 +249,8 @@ def test_rms_norm(shape, dtype, wdtype, max_block):
 @needs_triton
 @pytest.mark.parametrize("dtype", [f16, pytest.param(bf16, marks=gpu)])
 def test_rms_norm_cast_order(dtype):
-    """Normalize, cast to x's dtype, then scale (CoreNet's and HF's order). A float64 reference cannot see the cast,
-    so compare with the eager code in the same dtype: the wrong order leaves many elements 1 ulp off."""
+    """Normalize, cast to x's dtype, then scale (CoreNet's and HF's order). A float64 reference cannot see
+    the cast, so compare with the eager code in the same dtype: the wrong order leaves many elements 1 ulp off."""
     torch.manual_seed(0)
     x = torch.randn(64, 256, device=DEVICE).to(dtype)
     w = (1 + torch.randn(256, device=DEVICE)).to(dtype)
@@ -382,6 +382,8 @@ def auto_on_cpu(monkeypatch):
 
 @interpreter_only
 def test_auto_checks_a_triton_kernel_once_then_uses_it(auto_on_cpu, monkeypatch, capsys):
+    """The first "auto" call of an (op, dtype) runs the check's small problem through the kernel, then the
+    call itself; later calls only the call. A kernel that passes prints nothing."""
     calls = []
     real = rmsnorm.rms_norm
     monkeypatch.setattr(rmsnorm, "rms_norm", lambda x, *a: calls.append(tuple(x.shape)) or real(x, *a))
@@ -401,6 +403,8 @@ def test_auto_checks_a_triton_kernel_once_then_uses_it(auto_on_cpu, monkeypatch,
 
 @interpreter_only
 def test_auto_falls_back_for_good_when_the_triton_kernel_is_wrong(auto_on_cpu, monkeypatch, capsys):
+    """A kernel 50% off, or one that raises: one warning line naming op, dtype and error, then the non-Triton
+    values (bit for bit the eager ones) for the rest of the process; "triton" still runs the kernel."""
     real = rmsnorm.rms_norm
     monkeypatch.setattr(rmsnorm, "rms_norm", lambda x, w, eps: real(x, w, eps) * 1.5)
     x, w = torch.randn(5, 3, 32), torch.randn(32)
@@ -440,9 +444,10 @@ def test_auto_check_runs_eagerly_under_torch_compile(auto_on_cpu, monkeypatch, c
 
 @interpreter_only
 def test_runtime_loop_bounds_under_the_triton_36_interpreter(monkeypatch):
-    """triton <= 3.6's interpreter turns a runtime loop bound (a 1-element array) into an int with int(array),
-    which NumPy >= 2.4 refuses; kernels/common.py fixes that in the interpreter. Whichever triton is installed,
-    emulate that interpreter: the kernels whose loops have runtime bounds fail without the fix, run with it.
+    """triton 3.6's interpreter (and earlier ones) turns a runtime loop bound (a 1-element array) into an
+    int with int(array), which NumPy >= 2.4 refuses; kernels/common.py fixes that in the interpreter. Whichever
+    triton is installed, emulate that interpreter: the kernels whose loops have runtime bounds fail without
+    the fix, run with it.
     (The whole suite against triton 3.6 itself: see tests/test_kernels.py's module docstring.)"""
     from triton.runtime import interpreter
 
