@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 import kernels
 
-IGNORE_INDEX = -1  # targets with this id contribute nothing to the loss (padding, masked prompts)
+IGNORE_INDEX = kernels.IGNORE_INDEX  # targets that add nothing to the loss; train.py and bench.py import it here
 
 
 def make_divisible(v, divisor, min_value=None):
@@ -54,61 +54,6 @@ def per_layer(mult, n_layer):
     if len(mult) != n_layer:
         raise ValueError(f"a multiplier list must have 2 entries (a range) or n_layer={n_layer}, got {len(mult)}")
     return [float(m) for m in mult]
-
-
-class CrossEntropy(torch.autograd.Function):
-    """Mean over non-ignored targets of  -log softmax(logits)[target] + z_loss * logsumexp(logits)^2,
-    computed in fp32 (or wider); the gradient is softmax * (1 + 2 z_loss lse) - onehot(target).
-    The (tokens, vocab) logits are the largest tensor of a small model's step. Autograd through
-    F.cross_entropy (plus a logsumexp for z-loss) keeps an fp32 copy of it for backward and allocates
-    several more, and on a CPU a fresh allocation that size costs more than the math (every page faults
-    in). Here only the logits and one logsumexp per token are kept, and both passes work through them a
-    block of rows at a time, in an fp32 buffer small enough for the allocator to reuse."""
-
-    @staticmethod
-    def forward(ctx, logits, targets, z_loss):  # logits (N, V), targets (N,)
-        acc = torch.promote_types(logits.dtype, torch.float32)
-        lse = torch.empty(logits.shape[0], dtype=acc, device=logits.device)
-        for r in CrossEntropy.blocks(logits):
-            x = logits[r].to(acc, copy=True)
-            m = x.amax(-1, keepdim=True)
-            lse[r] = x.sub_(m).exp_().sum(-1).log_() + m.squeeze(1)
-        valid = (targets != IGNORE_INDEX).to(acc)
-        n = valid.sum().clamp(min=1)  # an all-ignored batch gives 0, not NaN
-        tgt = targets.clamp(min=0).unsqueeze(1)
-        nll = lse - logits.gather(1, tgt).squeeze(1).to(acc)
-        loss = ((nll + z_loss * lse * lse) * valid).sum() / n
-        ctx.save_for_backward(logits, tgt, valid * (1 / n), lse)
-        ctx.z_loss = z_loss
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad):
-        logits, tgt, weight, lse = ctx.saved_tensors
-        w = (grad * weight).unsqueeze(1)  # d loss / d (per-token loss), 0 where ignored
-        scale = (1 + 2 * ctx.z_loss * lse).unsqueeze(1) * w
-        dlogits = torch.empty_like(logits)
-        for r in CrossEntropy.blocks(logits):
-            p = logits[r].to(lse.dtype, copy=True).sub_(lse[r, None]).exp_()  # softmax
-            dlogits[r] = p.mul_(scale[r]).scatter_add_(1, tgt[r], -w[r])
-        return dlogits, None, None
-
-    @staticmethod
-    def blocks(logits):
-        """Row slices of about 4M elements (16 MB in fp32) on a CPU, 64M on a GPU (fewer kernel launches)."""
-        rows = max(1, (1 << (26 if logits.is_cuda else 22)) // logits.shape[1])
-        return [slice(i, i + rows) for i in range(0, logits.shape[0], rows)]
-
-
-def cross_entropy(logits, targets, z_loss=0.0):
-    """CrossEntropy's loss. Under torch.compile, the formula itself, which inductor fuses better than it
-    can trace the Function's blocks."""
-    if not torch.compiler.is_compiling():
-        return CrossEntropy.apply(logits, targets, z_loss)
-    x, valid = logits.to(torch.promote_types(logits.dtype, torch.float32)), targets != IGNORE_INDEX
-    lse = torch.logsumexp(x, dim=-1)
-    nll = lse - x.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
-    return ((nll + z_loss * lse * lse) * valid).sum() / valid.sum().clamp(min=1)
 
 
 @dataclass
@@ -347,7 +292,8 @@ class Transformer(nn.Module):
         # z-loss keeps the softmax normaliser near 1 (OpenELM recipe). A training regulariser only:
         # eval-mode loss stays plain cross-entropy, so val loss and perplexity compare across runs.
         z_loss = self.config.z_loss if self.training else 0.0
-        loss = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), z_loss)
+        loss = kernels.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), z_loss,
+                                     backend=self.config.backend)
         return logits, loss
 
     # ------------------------------------------------------------------ training helpers

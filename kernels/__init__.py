@@ -1,33 +1,44 @@
 """
-The kernel switch: the model reaches attention, RMSNorm and RoPE only through these three functions.
+The kernel switch: the model reaches attention, RMSNorm, RoPE and the loss only through these four functions.
 
 backend is one of:
-  "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs
-  "triton" our Triton kernels (kernels/flash_attention.py, rmsnorm.py, rope.py); on a CPU only under
-           TRITON_INTERPRET=1, which is how the tests run them
-  "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm and RoPE as autograd Functions of
-           PyTorch ops with hand-written backward passes (RMSNormTorch, RoPETorch): the eager values, with
-           a fraction of the allocations, which is what a CPU step spends its time on
+  "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs; each Triton kernel only
+           after it has matched the reference on a small problem, once per process and dtype (_triton_ok):
+           one that does not, or raises, gets one warning line and "sdpa"'s path from then on
+  "triton" our Triton kernels; on a CPU only under TRITON_INTERPRET=1, which is how the tests run them
+  "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm, RoPE and the loss as autograd
+           Functions of PyTorch ops with hand-written backward passes: the eager values, with a fraction of
+           the allocations, which is what a CPU step spends its time on (the loss takes this path under
+           "auto" and "triton" too: there is no Triton loss)
   "eager"  plain PyTorch, written for clarity: the reference the other backends are tested against
+
+The files, each importing only those below it:
+  __init__.py         this switch
+  flash_attention.py  Triton: FlashAttention-2 forward and backward, split-KV decode
+  rmsnorm.py          Triton: fused RMSNorm forward and backward
+  rope.py             Triton: RoPE on q and k in one launch, forward and backward
+  common.py           what the Triton files share (interpreter flag and fix, launcher helpers)
+  torch_ops.py        "sdpa": attention_sdpa, RMSNormTorch, RoPETorch, CrossEntropy
+  reference.py        "eager": attention_eager, rms_norm_eager, rope_eager, cross_entropy_eager; IGNORE_INDEX
+  compile_check.py    compiles every Triton kernel for an NVIDIA GPU without one (python -m kernels.compile_check)
+The references and torch ops are importable from here too (kernels.attention_eager, kernels.RMSNormTorch):
+tests and benchmarks call them by those names.
 
 The Triton modules are imported on first use, so a machine without triton (macOS, CPU-only) never
 needs it. The module is called flash_attention.py, not attention.py, because a submodule named
 `attention` would replace the function `kernels.attention` on the package the moment it is imported.
 """
-import math
 import os
+import sys
 
 import torch
-import torch.nn.functional as F
+
+from kernels.reference import (IGNORE_INDEX, attention_eager, cross_entropy_eager, rms_norm_eager,  # noqa: F401
+                               rope_eager)
+from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, attention_sdpa
 
 BACKENDS = ("auto", "triton", "sdpa", "eager")
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what "auto" sends to the norm/RoPE kernels
-
-
-def _acc(dtype):
-    """Dtype of the eager math: fp32 for fp16/bf16/fp32 inputs; float64 stays float64, so tests can
-    compute the references of the other backends in float64."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _check(backend):
@@ -46,44 +57,96 @@ def _triton_usable(*tensors):
     return True
 
 
+# ----------------------------------------------------------------------------- "auto" checks Triton first
+
+def _on_gpu(t):
+    """Where "auto" considers the Triton kernels: CUDA tensors. (Tests let in the CPU interpreter's.)"""
+    return t.is_cuda
+
+
+_checked = {}  # (op, dtype) -> whether "auto" may run op's Triton kernel on dtype; decided once per process
+_CHECK_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 8e-2}  # 2.5-4x tests/test_kernels.py's
+
+
+@torch.compiler.assume_constant_result  # torch.compile runs it while tracing and keeps the answer as a constant
+def _triton_ok(op, dtype, device, problem):
+    """Whether "auto" may run op's Triton kernel on dtype. The first time for each (op, dtype) in a process,
+    the kernel runs a small random problem shaped by `problem` beside the reference (_self_check); if it errs
+    by more than _CHECK_TOL, or raises, one warning line goes to stderr and the answer is no for good.
+    A broken triton, driver or GPU then costs speed, not a silently wrong model."""
+    key = (op, dtype)
+    if key not in _checked:
+        try:
+            err = _self_check(op, dtype, device, problem)
+            failure = None if err <= _CHECK_TOL[dtype] else f"is off by {err:.2g} x max(1, max |reference|)"
+        except Exception as e:  # noqa: BLE001  (whatever the kernel raises, "auto" must not use it)
+            failure = f"raised {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        if failure:
+            name = str(dtype).removeprefix("torch.")
+            print(f"warning: kernels: the Triton {op} kernel {failure} on a small {name} problem; backend 'auto' "
+                  f"runs the non-Triton {op} for {name} from now on ('triton' still forces the kernel)",
+                  file=sys.stderr)
+        _checked[key] = failure is None
+    return _checked[key]
+
+
+def _self_check(op, dtype, device, problem):
+    """op's Triton kernel against its reference in float64 on a small random problem, forward and backward:
+    the largest error over the outputs and input gradients, each relative to max(1, the reference's largest
+    magnitude) as in tests/test_kernels.py. problem is (head_dim, query heads per kv head) for attention,
+    (width, weight dtype) for rms_norm, (head_dim,) for rope: the caller's, and the sizes are multiples of
+    16 like a model's, so on a GPU the kernels compiled for the check are mostly those the call needs anyway
+    (attention's autotuner still times its configs once for the check's sequence length). Its own
+    generator: the global RNG, and so training, is left as it was."""
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape, dt=dtype, scale=1.0, shift=0.0):  # rounded to the checked dtype, for both runs
+        return (shift + scale * torch.randn(shape, generator=gen, device=device)).to(dt)
+
+    if op == "attention":
+        from kernels import flash_attention as fa
+        D, group = problem
+        ins = [(rand(1, group, 80, D), True), (rand(1, 1, 80, D), True), (rand(1, 1, 80, D), True)]  # 80: ragged blocks
+
+        def kernel(q, k, v):  # and the split-KV decode path, forward only
+            return [fa.attention(q, k, v), fa.decode(q[:, :, -1:].detach(), k.detach(), v.detach(), 2)]
+
+        def reference(q, k, v):
+            return [attention_eager(q, k, v), attention_eager(q[:, :, -1:].detach(), k.detach(), v.detach())]
+    elif op == "rms_norm":
+        from kernels import rmsnorm
+        D, wdtype = problem
+        ins = [(rand(80, D, scale=3.0), True), (rand(D, dt=wdtype, scale=0.5, shift=1.0), True)]
+
+        def kernel(x, w):
+            return [rmsnorm.rms_norm(x, w, 1e-6)]
+
+        def reference(x, w):
+            return [rms_norm_eager(x, w, 1e-6)]
+    else:
+        from kernels import rope
+        (D,) = problem
+        angle = 10 * torch.randn(1, 16, D // 2, generator=gen, device=device)
+        ins = [(rand(2, 16, 4, D), True), (rand(2, 16, 2, D), True), (angle.cos(), False), (angle.sin(), False)]
+        kernel = rope.apply_rope
+
+        def reference(q, k, cos, sin):
+            return [rope_eager(q, cos, sin), rope_eager(k, cos, sin)]
+
+    def run(fn, cast):  # outputs, then the gradients of the inputs that take one, for the same cotangents
+        cot = torch.Generator(device=device).manual_seed(1)
+        leaves = [cast(t).requires_grad_(grad) for t, grad in ins]
+        ys = list(fn(*leaves))
+        diff = [y for y in ys if y.requires_grad]
+        dys = [torch.randn(y.shape, generator=cot, device=device).to(dtype).to(y.dtype) for y in diff]
+        return ys + list(torch.autograd.grad(diff, [t for t in leaves if t.requires_grad], dys))
+
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        got, want = run(kernel, lambda t: t.clone()), run(reference, lambda t: t.double())
+    return max(((a.double() - b).abs().max() / b.abs().max().clamp(min=1)).item() for a, b in zip(got, want))
+
+
 # ----------------------------------------------------------------------------- attention
-
-def causal_mask(Tq, Tk, device):
-    """Bool mask (Tq, Tk), True = attend. Aligned to the bottom right: query i sits at key position
-    Tk - Tq + i, which is what a chunk of new queries against a longer KV cache needs (SDPA's
-    is_causal aligns to the top left instead)."""
-    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
-
-
-def attention_eager(q, k, v, causal=True, mask=None):
-    """Reference attention. q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D); mask is bool, True = attend,
-    broadcastable to (B, Hq, Tq, Tk). Scores and softmax in fp32; fully masked rows give zeros."""
-    B, Hq, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    group = Hq // Hkv
-    k = k.repeat_interleave(group, dim=1)  # (B, Hq, Tk, D): query head h reads kv head h // group
-    v = v.repeat_interleave(group, dim=1)
-    acc = _acc(q.dtype)
-    att = (q.to(acc) @ k.to(acc).transpose(-2, -1)) / math.sqrt(D)  # (B, Hq, Tq, Tk)
-    if causal:
-        mask = causal_mask(Tq, Tk, q.device) if mask is None else mask & causal_mask(Tq, Tk, q.device)
-    if mask is not None:
-        att = att.masked_fill(~mask, float("-inf"))
-    att = torch.softmax(att, dim=-1).nan_to_num(0.0)  # a row with no visible key is all -inf -> NaN -> 0
-    return (att @ v.to(acc)).to(q.dtype)
-
-
-def attention_sdpa(q, k, v, causal=True, mask=None):
-    Tq, Tk = q.shape[2], k.shape[2]
-    if causal and Tq == 1:  # one new query at the end sees every key
-        causal = False
-    elif causal and (mask is not None or Tq != Tk):
-        # SDPA's is_causal aligns to the top left and cannot be combined with a mask: build ours
-        cm = causal_mask(Tq, Tk, q.device)
-        mask, causal = (cm if mask is None else mask & cm), False
-    gqa = q.shape[1] != k.shape[1]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
-
 
 def attention(q, k, v, causal=True, mask=None, backend="auto"):
     """softmax(q k^T / sqrt(D)) v with grouped-query attention.
@@ -98,56 +161,26 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of kv heads ({k.shape[1]})")
     if backend == "eager":
         return attention_eager(q, k, v, causal, mask)
-    if backend == "triton" or (backend == "auto" and mask is None and q.is_cuda and _triton_usable(q)):
+    if backend == "triton" or (backend == "auto" and mask is None and _on_gpu(q) and _triton_usable(q)):
         from kernels import flash_attention
-        if backend == "triton" or flash_attention.supported(q, k, v):
+        if backend == "triton":
             if mask is not None:
                 raise ValueError("the Triton attention kernel takes no explicit mask: use backend='sdpa'")
+            return flash_attention.attention(q, k, v, causal=causal)
+        dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+        if flash_attention.supported(q, k, v) and _triton_ok("attention", dtype, q.device,
+                                                             (q.shape[-1], q.shape[1] // k.shape[1])):
             return flash_attention.attention(q, k, v, causal=causal)
     return attention_sdpa(q, k, v, causal, mask)
 
 
 # ----------------------------------------------------------------------------- RMSNorm
 
-def rms_norm_eager(x, weight, eps):
-    """Normalize in fp32, cast back to x's dtype, then scale: the cast order of CoreNet and HF Llama
-    (spec section 5, trap 7); scaling in fp32 first gives small bf16 differences."""
-    # F.rms_norm without a weight is one fused op for the normalisation (bit-identical to the spelled-out
-    # x * rsqrt(mean(x^2) + eps)); the weight comes after the cast, which the fused op cannot do
-    return F.rms_norm(x.to(_acc(x.dtype)), (x.shape[-1],), eps=eps).to(x.dtype) * weight
-
-
-class RMSNormTorch(torch.autograd.Function):
-    """rms_norm_eager's values with a hand-written backward, for devices without our Triton kernels.
-    Autograd through the eager code allocates and traverses a full-size tensor for each of its pow, mul,
-    mean and rsqrt steps and their derivatives; here the backward is PyTorch's fused LayerNorm backward
-    with a zero mean, plus the one term that the mean subtraction adds: LayerNorm's
-    dx = rstd * (dn - mean(dn) - n * mean(dn * n)), with n = x * rstd and dn = dy * weight, is RMSNorm's
-    dx minus rstd * mean(dn)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        xf = x.to(_acc(x.dtype))
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)  # bit-identical to F.rms_norm's
-        ctx.save_for_backward(x, weight, rstd)
-        return (xf * rstd).to(x.dtype) * weight
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, rstd = ctx.saved_tensors
-        acc, C = rstd.dtype, x.shape[-1]
-        with torch.autocast(dy.device.type, enabled=False):  # in case backward() runs under autocast
-            dy, w = dy.to(acc), weight.to(acc)
-            dx, dw, _ = torch.ops.aten.native_layer_norm_backward(
-                dy, x.to(acc), [C], torch.zeros_like(rstd), rstd, w, None, [True, ctx.needs_input_grad[1], False])
-            dx += rstd * torch.mv(dy.reshape(-1, C), w).view(rstd.shape) / C  # + rstd * mean(dn)
-        return dx.to(x.dtype), None if dw is None else dw.to(weight.dtype), None
-
-
 def rms_norm(x, weight, eps, backend="auto"):
     """RMSNorm over the last dimension of x (any leading shape), weight of shape (x.shape[-1],)."""
     _check(backend)
-    if backend == "triton" or (backend == "auto" and x.is_cuda and x.dtype in _TRITON_DTYPES and _triton_usable(x)):
+    if backend == "triton" or (backend == "auto" and _on_gpu(x) and x.dtype in _TRITON_DTYPES and _triton_usable(x)
+                               and _triton_ok("rms_norm", x.dtype, x.device, (x.shape[-1], weight.dtype))):
         from kernels import rmsnorm
         return rmsnorm.rms_norm(x, weight, eps)
     if backend == "eager" or torch.compiler.is_compiling():
@@ -157,47 +190,26 @@ def rms_norm(x, weight, eps, backend="auto"):
 
 # ----------------------------------------------------------------------------- RoPE
 
-def rope_eager(x, cos, sin):
-    """Rotate-half RoPE (the Hugging Face layout): pairs (x[i], x[i + D/2]) rotate by angle pos * theta_i.
-    x (B, T, H, D); cos, sin (B or 1, T, D/2) fp32. Math in fp32, result in x's dtype."""
-    d = x.shape[-1] // 2
-    xf = x.to(_acc(x.dtype))
-    x1, x2 = xf[..., :d], xf[..., d:]
-    c, s = cos.unsqueeze(2), sin.unsqueeze(2)  # (B, T, 1, D/2): broadcast over heads
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
-
-
-def _rotate(x, cos, sin):
-    """rope_eager's values, bit for bit, with one full-size output and no cat."""
-    d = x.shape[-1] // 2
-    xf = x.to(_acc(x.dtype))
-    s = sin.unsqueeze(2)
-    out = xf * torch.cat([cos, cos], dim=-1).unsqueeze(2)  # x * cos over both halves
-    out[..., :d] -= xf[..., d:] * s
-    out[..., d:] += xf[..., :d] * s
-    return out.to(x.dtype)
-
-
-class RoPETorch(torch.autograd.Function):
-    """RoPE with a hand-written backward: a rotation's gradient is the rotation by the opposite angle."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, dy):
-        cos, sin = ctx.saved_tensors
-        return _rotate(dy, cos, -sin), None, None
-
-
 def apply_rope(q, k, cos, sin, backend="auto"):
     """Applies RoPE to q (B, T, Hq, D) and k (B, T, Hkv, D); returns (q, k)."""
     _check(backend)
-    if backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype in _TRITON_DTYPES and _triton_usable(q)):
+    if backend == "triton" or (backend == "auto" and _on_gpu(q) and q.dtype in _TRITON_DTYPES and _triton_usable(q)
+                               and _triton_ok("rope", q.dtype, q.device, (q.shape[-1],))):
         from kernels import rope
         return rope.apply_rope(q, k, cos, sin)
     if backend == "eager" or torch.compiler.is_compiling():
         return rope_eager(q, cos, sin), rope_eager(k, cos, sin)
     return RoPETorch.apply(q, cos, sin), RoPETorch.apply(k, cos, sin)
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def cross_entropy(logits, targets, z_loss=0.0, backend="auto"):
+    """Mean over targets != IGNORE_INDEX of -log softmax(logits)[target] + z_loss * logsumexp(logits)^2,
+    in fp32 (or wider); logits (N, V), targets (N,). There is no Triton loss: "eager" and torch.compile
+    take the plain formula (which inductor fuses better than it traces the Function's blocks), every
+    other backend the blocked CrossEntropy."""
+    _check(backend)
+    if backend == "eager" or torch.compiler.is_compiling():
+        return cross_entropy_eager(logits, targets, z_loss)
+    return CrossEntropy.apply(logits, targets, z_loss)

@@ -3,9 +3,9 @@ FlashAttention-2 in Triton: forward, backward and a split-KV decode path, with g
 
     attention(q, k, v, causal=True)   q (B, Hq, Tq, D); k, v (B, Hkv, Tk, D); Hq a multiple of Hkv
     supported(q, k, v) -> bool        whether the switch in kernels/__init__.py should send these here
-    reference                         the plain-PyTorch semantics (kernels.attention_eager)
+    reference                         the plain-PyTorch semantics (kernels/reference.py: attention_eager)
 
-How it works (Dao 2023, "FlashAttention-2"):
+How it works (Dao 2023, "FlashAttention-2", arXiv 2307.08691: Algorithms 1 and 2, section 3.1):
 - forward: one program per (block of BLOCK_M queries, query head). It streams the keys of its kv head
   in blocks of BLOCK_N with an online softmax (running max m, running sum l, exp2 with log2(e) folded
   into the scale) and saves lse = m + log2(l) per query row, in log2 units, for the backward.
@@ -13,7 +13,8 @@ How it works (Dao 2023, "FlashAttention-2"):
   one kernel per key block computes dk and dv, looping over every query head of its group (so GQA
   gradients are summed in registers, with no repeated K/V and no atomics), and one kernel per query
   block computes dq. Two kernels recompute q k^T twice, but stay deterministic.
-- decode (Tq == 1, no gradient needed): Flash-Decoding. The KV cache is cut into splits, each program
+- decode (Tq == 1, no gradient needed): Flash-Decoding (Dao, Haziza, Massa, Sizov 2023, "Flash-Decoding
+  for long-context inference", PyTorch blog). The KV cache is cut into splits, each program
   handles one split for all query heads of one kv head, and a second kernel merges the partial results
   with their log-sum-exp weights, so a long cache keeps the whole GPU busy even at batch 1.
 
@@ -28,16 +29,16 @@ Details that public kernels often get wrong, handled here on purpose:
 """
 import functools
 import math
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels import attention_eager as reference  # noqa: F401  (the semantics this file implements)
+from kernels import common  # importing it also fixes triton 3.6's interpreter
+from kernels.common import prep, strides
+from kernels.reference import attention_eager as reference  # the semantics this file implements
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
@@ -54,11 +55,49 @@ INTERPRET_BLOCKS = {"fwd": (32, 16), "dq": (32, 16), "dkdv": (16, 32), "decode":
 # ----------------------------------------------------------------------------- forward
 
 @triton.jit
-def _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, start, end, rows, offs_n, offs_d, mask_d,
-               Tk, shift, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-               DOT_PREC: tl.constexpr):
+def _query_block(Hq, Tq, GROUP, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                 BLOCK_M: tl.constexpr):
+    """Which BLOCK_M query rows of which (batch, query head) this program of the forward or the dq kernel
+    owns, and the kv head they read. Returns (pid_bh, b, h, hk, m0, rows, q_mask)."""
+    pid_m = tl.program_id(0)
+    if CAUSAL:  # causal blocks near the bottom do the most work: launch them first
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hq).to(tl.int64)
+    h = (pid_bh % Hq).to(tl.int64)
+    hk = h // GROUP  # GQA: query head h reads kv head h // GROUP, never a repeated copy
+    m0 = pid_m * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
+    mask_d = tl.arange(0, BLOCK_D) < HEAD_DIM  # folds away when BLOCK_D == HEAD_DIM
+    return pid_bh, b, h, hk, m0, rows, (rows[:, None] < Tq) & mask_d[None, :]
+
+
+@triton.jit
+def _key_blocks(m0, Tq, Tk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keys that query rows [m0, m0 + BLOCK_M) stream, as (shift, full_end, hi): [0, full_end) is
+    visible to every row; [full_end, hi) holds keys past Tk or, if causal, above the diagonal for some
+    rows, and needs the mask. Causal is bottom-right aligned: row i sees keys j <= i + shift. Kept apart
+    from _query_block because the kernels call it after their loads: computed before them, it changes the
+    dq kernel's compiled instruction order (its cubin), for nothing."""
+    shift = Tk - Tq
+    if CAUSAL:
+        hi = tl.maximum(tl.minimum(Tk, m0 + BLOCK_M + shift), 0)
+        full_end = tl.maximum(m0 + shift + 1, 0) // BLOCK_N * BLOCK_N  # <= Tk since m0 < Tq
+    else:
+        hi = Tk
+        full_end = Tk // BLOCK_N * BLOCK_N
+    return shift, full_end, hi
+
+
+@triton.jit
+def _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, start, end, rows, Tk, shift, qk_scale,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
     """Online softmax over key blocks [start, end). MASKED blocks may hold keys past Tk or, if causal,
     keys above the diagonal; unmasked blocks are fully visible to every row, and skip the where()."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + offs_n
         kv_mask = (cols[:, None] < Tk) & mask_d[None, :]
@@ -90,38 +129,19 @@ def _fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, so
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                 DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # Q_BUCKET, K_BUCKET are unused here: they only key the autotuner on the rough sequence lengths
-    pid_m = tl.program_id(0)
-    if CAUSAL:  # causal blocks near the bottom do the most work: launch them first
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hq).to(tl.int64)
-    h = (pid_bh % Hq).to(tl.int64)
-    hk = h // GROUP  # GQA: query head h reads kv head h // GROUP, never a repeated copy
-    m0 = pid_m * BLOCK_M
-    rows = m0 + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
+    pid_bh, b, h, hk, m0, rows, q_mask = _query_block(Hq, Tq, GROUP, HEAD_DIM, BLOCK_D, CAUSAL, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < HEAD_DIM  # folds away when BLOCK_D == HEAD_DIM
-    q_mask = (rows[:, None] < Tq) & mask_d[None, :]
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0)
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
-
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    shift = Tk - Tq  # bottom-right alignment: query row i sees keys j <= i + shift
-    if CAUSAL:
-        # keys [0, full_end) are visible to every row of this block; [full_end, hi) need the mask
-        hi = tl.maximum(tl.minimum(Tk, m0 + BLOCK_M + shift), 0)
-        full_end = tl.maximum(m0 + shift + 1, 0) // BLOCK_N * BLOCK_N  # <= Tk since m0 < Tq
-    else:
-        hi = Tk
-        full_end = Tk // BLOCK_N * BLOCK_N
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, 0, full_end, rows, offs_n,
-                               offs_d, mask_d, Tk, shift, qk_scale, False, CAUSAL, BLOCK_N, DOT_PREC)
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, full_end, hi, rows, offs_n,
-                               offs_d, mask_d, Tk, shift, qk_scale, True, CAUSAL, BLOCK_N, DOT_PREC)
+    shift, full_end, hi = _key_blocks(m0, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, 0, full_end, rows, Tk, shift,
+                               qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PREC)
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, full_end, hi, rows, Tk, shift,
+                               qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PREC)
 
     # l_i == 0 only for a row that sees no key (causal, Tq > Tk): output 0 and lse = +inf
     empty = l_i == 0.0
@@ -152,9 +172,12 @@ def _bwd_delta_kernel(O, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, Hq, Tq,
 
 
 @triton.jit
-def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, start, end, rows, offs_n, offs_d,
-                  mask_d, Tk, shift, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, start, end, rows, Tk, shift, qk_scale,
+                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + offs_n
         kv_mask = (cols[:, None] < Tk) & mask_d[None, :]
@@ -180,19 +203,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqt, skb, skh, skt, sv
                    CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dq for one block of query rows of one head: the forward's key loop, replayed."""
-    pid_m = tl.program_id(0)
-    if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hq).to(tl.int64)
-    h = (pid_bh % Hq).to(tl.int64)
-    hk = h // GROUP
-    m0 = pid_m * BLOCK_M
-    rows = m0 + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
+    pid_bh, b, h, hk, m0, rows, q_mask = _query_block(Hq, Tq, GROUP, HEAD_DIM, BLOCK_D, CAUSAL, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < HEAD_DIM
-    q_mask = (rows[:, None] < Tq) & mask_d[None, :]
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0)
     do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :], mask=q_mask, other=0.0)
     # rows past Tq load lse = +inf, so their probabilities, and everything downstream, are exactly 0
@@ -200,19 +212,12 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqt, skb, skh, skt, sv
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * Tq + rows, mask=rows < Tq, other=0.0)
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
-
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    shift = Tk - Tq
-    if CAUSAL:  # same split into visible and masked key blocks as the forward
-        hi = tl.maximum(tl.minimum(Tk, m0 + BLOCK_M + shift), 0)
-        full_end = tl.maximum(m0 + shift + 1, 0) // BLOCK_N * BLOCK_N  # <= Tk since m0 < Tq
-    else:
-        hi = Tk
-        full_end = Tk // BLOCK_N * BLOCK_N
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, 0, full_end, rows, offs_n,
-                       offs_d, mask_d, Tk, shift, qk_scale, False, CAUSAL, BLOCK_N, DOT_PREC)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, full_end, hi, rows, offs_n,
-                       offs_d, mask_d, Tk, shift, qk_scale, True, CAUSAL, BLOCK_N, DOT_PREC)
+    shift, full_end, hi = _key_blocks(m0, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, 0, full_end, rows, Tk, shift,
+                       qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PREC)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, full_end, hi, rows, Tk, shift,
+                       qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PREC)
     dq = dq * sm_scale  # d(q k^T * sm_scale)/dq; the log2(e) of qk_scale only lived inside exp2
     tl.store(DQ + b * sqgb + h * sqgh + rows[:, None] * sqgt + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=q_mask)
@@ -377,9 +382,10 @@ def _configs(kind, block_d):
             if block_d <= 128 else [(64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 2)]
     else:  # dkdv: BLOCK_N keys per program, BLOCK_M queries per step. Two (BLOCK_N, D) fp32 accumulators
         # plus the K and V tiles: on sm_90, causal, only the 8-warp configs hold them in registers at head_dim
-        # 128 and 256 (and at 100, only BLOCK_N = 32); the rest spill (python -m kernels.compile_check)
+        # 128 and 256 (and at 100, only BLOCK_N = 32); the rest spill (python -m kernels.compile_check).
+        # triton 3.6 for sm_80 spills in all of them at head_dim 100, causal; (16, 64, 8, 2) does not
         c = [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2), (16, 64, 4, 3), (16, 128, 8, 3),
-             (32, 64, 8, 2), (64, 32, 8, 2)] \
+             (32, 64, 8, 2), (64, 32, 8, 2), (16, 64, 8, 2)] \
             if block_d <= 128 else [(32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2), (16, 32, 8, 2), (32, 32, 8, 2)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in c]
 
@@ -389,85 +395,79 @@ def _kernel(kind, block_d):
     """The kernel to launch: autotuned on a GPU (per head dim, causal flag, dtype and the power-of-two
     bucket of the sequence lengths), the bare kernel under the interpreter."""
     fn = {"fwd": _fwd_kernel, "dq": _bwd_dq_kernel, "dkdv": _bwd_dkdv_kernel}[kind]
-    if _INTERPRET:
+    if common.INTERPRET:
         return fn
     return triton.autotune(_configs(kind, block_d), key=["HEAD_DIM", "CAUSAL", "GROUP", "Q_BUCKET",
                                                         "K_BUCKET", "DOT_PREC"])(fn)
 
 
-def _launch(kind, block_d, grid, *args, **kw):
-    if _INTERPRET:
+def _launch(kind, block_d, grid, **kw):
+    if common.INTERPRET:
         bm, bn = INTERPRET_BLOCKS[kind]
         kw.update(BLOCK_M=bm, BLOCK_N=bn)
         grid = grid({"BLOCK_M": bm, "BLOCK_N": bn})
-    _kernel(kind, block_d)[grid](*args, **kw)
+    _kernel(kind, block_d)[grid](**kw)
 
 
 def _bucket(t):
     return min(triton.next_power_of_2(t), 1 << 16)
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index):
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 # ----------------------------------------------------------------------------- launchers
 
-def _prep(t):
-    return t if t.stride(-1) == 1 else t.contiguous()  # kernels assume unit stride along head_dim
-
-
 def _common(q, k):
+    """(HEAD_DIM, BLOCK_D, DOT_PREC, qk_scale, sm_scale): the arguments every attention kernel takes."""
     D = q.shape[-1]
+    sm_scale = 1.0 / math.sqrt(D)
     dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"  # only fp32 inputs read this
-    return D, max(16, triton.next_power_of_2(D)), 1.0 / math.sqrt(D), dot_prec
+    return dict(HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), DOT_PREC=dot_prec,
+                qk_scale=sm_scale * _LOG2E), sm_scale
 
 
 def _forward(q, k, v, causal):
     B, Hq, Tq, _ = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    D, BLOCK_D, sm_scale, prec = _common(q, k)
+    args, _ = _common(q, k)
     o = _empty(q.shape, dtype=q.dtype, device=q.device)
     lse = _empty((B, Hq, Tq), dtype=torch.float32, device=q.device)
     grid = lambda meta: (triton.cdiv(Tq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    _launch("fwd", BLOCK_D, grid, q, k, v, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-            *o.stride()[:3], Hq, Tq, Tk, Hq // Hkv, sm_scale * _LOG2E, _bucket(Tq), _bucket(Tk),
-            HEAD_DIM=D, BLOCK_D=BLOCK_D, CAUSAL=causal, DOT_PREC=prec)
+    _launch("fwd", args["BLOCK_D"], grid, Q=q, K=k, V=v, O=o, LSE=lse, **strides("sq", q, "bht"),
+            **strides("sk", k, "bht"), **strides("sv", v, "bht"), **strides("so", o, "bht"), Hq=Hq, Tq=Tq,
+            Tk=Tk, GROUP=Hq // Hkv, Q_BUCKET=_bucket(Tq), K_BUCKET=_bucket(Tk), CAUSAL=causal, **args)
     return o, lse
 
 
 def _backward(q, k, v, o, lse, do, causal):
-    B, Hq, Tq, _ = q.shape
+    B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    D, BLOCK_D, sm_scale, prec = _common(q, k)
+    args, sm_scale = _common(q, k)
     delta = _empty((B, Hq, Tq), dtype=torch.float32, device=q.device)
-    _bwd_delta_kernel[(triton.cdiv(Tq, 64), B * Hq)](o, do, delta, *o.stride()[:3], *do.stride()[:3],
-                                                    Hq, Tq, HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_M=64)
+    _bwd_delta_kernel[(triton.cdiv(Tq, 64), B * Hq)](
+        O=o, DO=do, DELTA=delta, **strides("so", o, "bht"), **strides("sd", do, "bht"), Hq=Hq, Tq=Tq,
+        HEAD_DIM=D, BLOCK_D=args["BLOCK_D"], BLOCK_M=64)
     dq = _empty(q.shape, dtype=q.dtype, device=q.device)
     dk = _empty(k.shape, dtype=k.dtype, device=k.device)
     dv = _empty(v.shape, dtype=v.dtype, device=v.device)
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-    meta = dict(HEAD_DIM=D, BLOCK_D=BLOCK_D, CAUSAL=causal, DOT_PREC=prec)
+    args.update(Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, **strides("sq", q, "bht"), **strides("sk", k, "bht"),
+                **strides("sv", v, "bht"), **strides("sd", do, "bht"), Hq=Hq, Tq=Tq, Tk=Tk, GROUP=Hq // Hkv,
+                sm_scale=sm_scale, Q_BUCKET=_bucket(Tq), K_BUCKET=_bucket(Tk), CAUSAL=causal)
     grid = lambda meta: (triton.cdiv(Tk, meta["BLOCK_N"]), B * Hkv)  # noqa: E731
-    _launch("dkdv", BLOCK_D, grid, q, k, v, do, lse, delta, dk, dv, *strides, *dk.stride()[:3],
-            *dv.stride()[:3], Hq, Hkv, Tq, Tk, Hq // Hkv, sm_scale * _LOG2E, sm_scale, _bucket(Tq),
-            _bucket(Tk), **meta)
+    _launch("dkdv", args["BLOCK_D"], grid, DK=dk, DV=dv, **strides("skg", dk, "bht"), **strides("svg", dv, "bht"),
+            Hkv=Hkv, **args)
     grid = lambda meta: (triton.cdiv(Tq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    _launch("dq", BLOCK_D, grid, q, k, v, do, lse, delta, dq, *strides, *dq.stride()[:3], Hq, Tq, Tk,
-            Hq // Hkv, sm_scale * _LOG2E, sm_scale, _bucket(Tq), _bucket(Tk), **meta)
+    _launch("dq", args["BLOCK_D"], grid, DQ=dq, **strides("sqg", dq, "bht"), **args)
     return dq, dk, dv
 
 
 def _decode(q, k, v, num_splits):
-    q, k, v = _prep(q), _prep(k), _prep(v)
-    B, Hq, _, _ = q.shape
+    q, k, v = prep(q), prep(k), prep(v)
+    B, Hq, _, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    D, BLOCK_D, sm_scale, prec = _common(q, k)
+    args, _ = _common(q, k)
     group = Hq // Hkv
-    block_n = INTERPRET_BLOCKS["decode"] if _INTERPRET else (64 if BLOCK_D <= 128 else 32)
+    block_n = INTERPRET_BLOCKS["decode"] if common.INTERPRET else (64 if args["BLOCK_D"] <= 128 else 32)
     if num_splits is None:
-        sms = 4 if _INTERPRET else _num_sms(q.device.index or 0)
+        sms = 4 if common.INTERPRET else common.num_sms(q.device.index or 0)
         # about two waves of programs, but no split shorter than 256 keys (the merge is not free)
         num_splits = max(1, min(triton.cdiv(2 * sms, B * Hkv), triton.cdiv(Tk, 256)))
     chunk = triton.cdiv(triton.cdiv(Tk, num_splits), block_n) * block_n  # whole blocks per split
@@ -475,12 +475,12 @@ def _decode(q, k, v, num_splits):
     o_part = _empty((B * Hq, num_splits, D), dtype=torch.float32, device=q.device)
     lse_part = _empty((B * Hq, num_splits), dtype=torch.float32, device=q.device)
     _decode_split_kernel[(num_splits, B * Hkv)](
-        q, k, v, o_part, lse_part, q.stride(0), q.stride(1), *k.stride()[:3], *v.stride()[:3], Hkv, Tk,
-        group, chunk, sm_scale * _LOG2E, HEAD_DIM=D, BLOCK_D=BLOCK_D,
-        BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, DOT_PREC=prec)
+        Q=q, K=k, V=v, O_PART=o_part, LSE_PART=lse_part, **strides("sq", q, "bh"), **strides("sk", k, "bht"),
+        **strides("sv", v, "bht"), Hkv=Hkv, Tk=Tk, GROUP=group, chunk=chunk,
+        BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, **args)
     o = _empty(q.shape, dtype=q.dtype, device=q.device)
-    _decode_merge_kernel[(B * Hq,)](o_part, lse_part, o, o.stride(0), o.stride(1), Hq, num_splits,
-                                    HEAD_DIM=D, BLOCK_D=BLOCK_D,
+    _decode_merge_kernel[(B * Hq,)](O_PART=o_part, LSE_PART=lse_part, O=o, **strides("so", o, "bh"), Hq=Hq,
+                                    num_splits=num_splits, HEAD_DIM=D, BLOCK_D=args["BLOCK_D"],
                                     BLOCK_S=max(2, triton.next_power_of_2(num_splits)))
     return o
 
@@ -529,7 +529,7 @@ def decode(q, k, v, num_splits=None):
 class FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal):
-        q, k, v = _prep(q), _prep(k), _prep(v)
+        q, k, v = prep(q), prep(k), prep(v)
         o, lse = _forward_op(q, k, v, causal)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal = causal
@@ -538,7 +538,7 @@ class FlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward_op(q, k, v, o, lse, _prep(do), ctx.causal)
+        dq, dk, dv = _backward_op(q, k, v, o, lse, prep(do), ctx.causal)
         return dq, dk, dv, None
 
 

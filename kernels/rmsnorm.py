@@ -2,12 +2,14 @@
 Fused RMSNorm in Triton: forward, and a backward that returns dx and dweight.
 
     rms_norm(x, weight, eps)   x (..., D) of any leading shape, weight (D,)
-    reference                  the plain-PyTorch semantics (kernels.rms_norm_eager)
+    reference                  the plain-PyTorch semantics (kernels/reference.py: rms_norm_eager)
 
-Semantics (spec section 5, trap 7): normalize in fp32, cast to x's dtype, THEN multiply by the weight,
-so y = (x * rstd).to(x.dtype) * weight with rstd = 1 / sqrt(mean(x^2) + eps). The output dtype is
-torch's promotion of x's and weight's dtypes, as in the eager code (bf16 x with an fp32 weight gives
-fp32). The same kernel serves the model norms (D = model dim) and QK-norm (x (B, T, H, head_dim)).
+Semantics: normalize in fp32, cast to x's dtype, THEN multiply by the weight, so
+y = (x * rstd).to(x.dtype) * weight with rstd = 1 / sqrt(mean(x^2) + eps): the order of CoreNet's
+RMSNorm.forward and HF's LlamaRMSNorm.forward (see rms_norm_eager); scaling in fp32 first differs in
+bf16. The output dtype is torch's promotion of x's and weight's dtypes, as in the eager code (bf16 x with
+an fp32 weight gives fp32). The same kernel serves the model norms (D = model dim) and QK-norm
+(x (B, T, H, head_dim)).
 
 Layout: rows of BLOCK_R x BLOCK_D elements per program. Small D (QK-norm, D = 64) packs many rows per
 program, large D one row. A row wider than MAX_BLOCK is processed in column chunks, in two passes
@@ -18,16 +20,13 @@ between xhat and the weight is treated as identity, as autograd does for .to()).
 of dy * (x * rstd).to(x.dtype): a fixed number of programs each loop over many row blocks and write one
 fp32 partial sum of dweight; the few partials are then summed, so no atomics and a deterministic result.
 """
-import functools
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from kernels import rms_norm_eager as reference  # noqa: F401  (the semantics this file implements)
+from kernels import common  # importing it also fixes triton 3.6's interpreter
+from kernels.reference import rms_norm_eager as reference  # the semantics this file implements
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_BLOCK = 8192  # widest row held in registers at once; wider rows take the chunked two-pass path
 _empty = torch.empty  # tests swap in a NaN-filling allocator to catch unwritten elements
 
@@ -129,11 +128,6 @@ def _blocks(N, D, max_block):
     return block_r, block_d, block_d >= D, 4 if elems <= 2048 else 8 if elems <= 8192 else 16
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index):
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _rows(t, D):
     """t as a (N, D) matrix with unit column stride, viewed if possible (a slice of a fused QKV
     projection cannot be, and is copied)."""
@@ -146,9 +140,9 @@ def _forward(x2, weight, eps, max_block):
     block_r, block_d, one_pass, warps = _blocks(N, D, max_block)
     y = _empty((N, D), dtype=torch.promote_types(x2.dtype, weight.dtype), device=x2.device)
     rstd = _empty((N,), dtype=torch.float32, device=x2.device)
-    _fwd_kernel[(triton.cdiv(N, block_r),)](x2, weight, y, rstd, x2.stride(0), y.stride(0), N, D, eps,
-                                            BLOCK_R=block_r, BLOCK_D=block_d, ONE_PASS=one_pass,
-                                            num_warps=warps)
+    _fwd_kernel[(triton.cdiv(N, block_r),)](X=x2, W=weight, Y=y, RSTD=rstd, sx=x2.stride(0), sy=y.stride(0),
+                                            N=N, D=D, eps=eps, BLOCK_R=block_r, BLOCK_D=block_d,
+                                            ONE_PASS=one_pass, num_warps=warps)
     return y, rstd
 
 
@@ -156,13 +150,13 @@ def _backward(x2, weight, rstd, dy2, max_block):
     N, D = x2.shape
     block_r, block_d, one_pass, warps = _blocks(N, D, max_block)
     # enough programs to fill the GPU a few times over, few enough that summing their partials is cheap
-    programs = min(triton.cdiv(N, block_r), 4 if _INTERPRET else 4 * _num_sms(x2.device.index or 0))
+    programs = min(triton.cdiv(N, block_r), 4 if common.INTERPRET else 4 * common.num_sms(x2.device.index or 0))
     dx = _empty((N, D), dtype=x2.dtype, device=x2.device)
     alloc = _empty if one_pass else torch.zeros  # the chunked path accumulates into its partial row
     dw_part = alloc((programs, D), dtype=torch.float32, device=x2.device)
-    _bwd_kernel[(programs,)](x2, weight, dy2, dx, rstd, dw_part, x2.stride(0), dy2.stride(0),
-                             dx.stride(0), N, D, BLOCK_R=block_r, BLOCK_D=block_d, ONE_PASS=one_pass,
-                             num_warps=warps)
+    _bwd_kernel[(programs,)](X=x2, W=weight, DY=dy2, DX=dx, RSTD=rstd, DW_PART=dw_part, sx=x2.stride(0),
+                             sdy=dy2.stride(0), sdx=dx.stride(0), N=N, D=D, BLOCK_R=block_r, BLOCK_D=block_d,
+                             ONE_PASS=one_pass, num_warps=warps)
     return dx, dw_part.sum(0).to(weight.dtype)
 
 

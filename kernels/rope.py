@@ -2,11 +2,12 @@
 Rotary position embedding (RoPE) in Triton: q and k rotated in one fused pass, forward and backward.
 
     apply_rope(q, k, cos, sin) -> (q, k)   q (B, T, Hq, D), k (B, T, Hkv, D), cos/sin (B or 1, T, D/2) fp32
-    reference                              the plain-PyTorch semantics (kernels.rope_eager)
+    reference                              the plain-PyTorch semantics (kernels/reference.py: rope_eager)
 
 Rotate-half layout (Hugging Face / OpenELM): the pair (x[i], x[i + D/2]) rotates by the angle whose
 cosine and sine are cos[..., i], sin[..., i]. The math is fp32 and the result is cast to the input's
-dtype (spec section 5, trap 6: OpenELM rotates in fp32).
+dtype, as OpenELM rotates: CoreNet's RotaryEmbedding.forward (corenet/modeling/layers/rotary_embeddings.py)
+rotates query.float() and key.float() and casts back with type_as.
 
 The kernel works on rows: a row is one head of one token, (b, t, h), of either q or k, and a program
 rotates BLOCK_R rows (about 4k elements) with the cos/sin of each row's token. The heads of a token sit
@@ -19,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import rope_eager as reference  # noqa: F401  (the semantics this file implements)
+from kernels.common import prep, strides
+from kernels.reference import rope_eager as reference  # the semantics this file implements
 
 _empty = torch.empty  # tests swap in a NaN-filling allocator to catch unwritten elements
 
@@ -59,15 +61,11 @@ def _rope_kernel(Q, K, QO, KO, COS, SIN, sqb, sqt, sqh, skb, skt, skh, sqob, sqo
                      skob, skot, skoh, scb, sct, ssb, sst, HALF, BLOCK_R, BLOCK_HALF, SIGN)
 
 
-def _prep(t):
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _rotate(q, k, cos, sin, sign):
     """Launches the kernel; sign=-1 rotates by the opposite angle (the backward)."""
     B, T, Hq, D = q.shape
     Hkv = k.shape[2]
-    q, k, cos, sin = _prep(q), _prep(k), _prep(cos), _prep(sin)
+    q, k, cos, sin = prep(q), prep(k), prep(cos), prep(sin)
     qo = _empty(q.shape, dtype=q.dtype, device=q.device)
     ko = _empty(k.shape, dtype=k.dtype, device=k.device)
     half = D // 2
@@ -76,12 +74,13 @@ def _rotate(q, k, cos, sin, sign):
     n_q_rows, n_k_rows = B * T * Hq, B * T * Hkv
     q_programs = triton.cdiv(n_q_rows, block_r)
     # a (1, T, D/2) table serves every batch row: stride 0 over b
-    scb = cos.stride(0) if cos.shape[0] > 1 else 0
-    ssb = sin.stride(0) if sin.shape[0] > 1 else 0
+    table = dict(scb=cos.stride(0) if cos.shape[0] > 1 else 0, sct=cos.stride(1),
+                 ssb=sin.stride(0) if sin.shape[0] > 1 else 0, sst=sin.stride(1))
     _rope_kernel[(q_programs + triton.cdiv(n_k_rows, block_r),)](
-        q, k, qo, ko, cos, sin, *q.stride()[:3], *k.stride()[:3], *qo.stride()[:3], *ko.stride()[:3],
-        scb, cos.stride(1), ssb, sin.stride(1), T, Hq, Hkv, n_q_rows, n_k_rows, q_programs, HALF=half,
-        BLOCK_R=block_r, BLOCK_HALF=block_half, SIGN=sign, num_warps=4)
+        Q=q, K=k, QO=qo, KO=ko, COS=cos, SIN=sin, **strides("sq", q, "bth"), **strides("sk", k, "bth"),
+        **strides("sqo", qo, "bth"), **strides("sko", ko, "bth"), **table, T=T, Hq=Hq, Hkv=Hkv,
+        n_q_rows=n_q_rows, n_k_rows=n_k_rows, q_programs=q_programs, HALF=half, BLOCK_R=block_r,
+        BLOCK_HALF=block_half, SIGN=sign, num_warps=4)
     return qo, ko
 
 

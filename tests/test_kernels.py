@@ -10,6 +10,11 @@ The interpreter is slow, so the cases are a hand-picked list that covers every v
 (causal and not, Tq < Tk and Tq > Tk, GQA ratios 1/4/5, T in 1/17/100/129/300, head_dim 32/64/100/128,
 fp32/fp16) without taking their Cartesian product. Outputs are allocated NaN-filled (the `poison`
 fixture) so an element a kernel forgets to write fails the test.
+
+The kernels must also run on triton 3.6 (what torch 2.11 installs). Against it, in a venv of its own:
+    python3 -m venv /tmp/v36 && /tmp/v36/bin/pip install torch==2.13.0 triton==3.6.0 numpy pytest
+    TRITON_INTERPRET=1 /tmp/v36/bin/python -m pytest -q tests/test_kernels.py tests/test_model.py
+    /tmp/v36/bin/python -m kernels.compile_check --arch=90     (and --arch=80)
 """
 import os
 
@@ -20,7 +25,7 @@ import kernels
 
 triton = pytest.importorskip("triton")
 from kernels import flash_attention as fa  # noqa: E402  (after the importorskip)
-from kernels import rmsnorm, rope  # noqa: E402
+from kernels import common, rmsnorm, rope  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -244,8 +249,8 @@ def test_rms_norm(shape, dtype, wdtype, max_block):
 @needs_triton
 @pytest.mark.parametrize("dtype", [f16, pytest.param(bf16, marks=gpu)])
 def test_rms_norm_cast_order(dtype):
-    """Normalize, cast to x's dtype, then scale (spec trap 7). A float64 reference cannot see the cast,
-    so compare with the eager code in the same dtype: the wrong order leaves many elements 1 ulp off."""
+    """Normalize, cast to x's dtype, then scale (CoreNet's and HF's order). A float64 reference cannot see
+    the cast, so compare with the eager code in the same dtype: the wrong order leaves many elements 1 ulp off."""
     torch.manual_seed(0)
     x = torch.randn(64, 256, device=DEVICE).to(dtype)
     w = (1 + torch.randn(256, device=DEVICE)).to(dtype)
@@ -368,6 +373,108 @@ def test_switch_auto_on_cpu_stays_off_triton(monkeypatch):
     kernels.apply_rope(q.transpose(1, 2), k.transpose(1, 2), torch.ones(1, 6, 8), torch.zeros(1, 6, 8))
 
 
+@pytest.fixture
+def auto_on_cpu(monkeypatch):
+    """"auto" takes the CPU interpreter's tensors for a GPU's, with nothing checked yet in this process."""
+    monkeypatch.setattr(kernels, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(kernels, "_checked", {})
+
+
+@interpreter_only
+def test_auto_checks_a_triton_kernel_once_then_uses_it(auto_on_cpu, monkeypatch, capsys):
+    """The first "auto" call of an (op, dtype) runs the check's small problem through the kernel, then the
+    call itself; later calls only the call. A kernel that passes prints nothing."""
+    calls = []
+    real = rmsnorm.rms_norm
+    monkeypatch.setattr(rmsnorm, "rms_norm", lambda x, *a: calls.append(tuple(x.shape)) or real(x, *a))
+    x, w = torch.randn(5, 3, 32), torch.randn(32)
+    rng = torch.get_rng_state()
+    y = kernels.rms_norm(x, w, 1e-6)
+    assert calls == [(80, 32), (5, 3, 32)]  # the check's problem, then the call
+    assert torch.equal(torch.get_rng_state(), rng)  # the check draws from its own generator
+    kernels.rms_norm(x, w, 1e-6)
+    assert calls[2:] == [(5, 3, 32)] and kernels._checked == {("rms_norm", f32): True}
+    assert capsys.readouterr().err == ""
+    check(y, kernels.rms_norm_eager(x.double(), w.double(), 1e-6), TOL[f32], "rms_norm")
+    q, k = torch.randn(1, 4, 20, 32).half(), torch.randn(1, 2, 20, 32).half()  # attention: fp16 only
+    check(kernels.attention(q, k, k), kernels.attention_eager(q.double(), k.double(), k.double()), TOL[f16], "attn")
+    assert kernels._checked[("attention", f16)] is True and capsys.readouterr().err == ""
+
+
+@interpreter_only
+def test_auto_falls_back_for_good_when_the_triton_kernel_is_wrong(auto_on_cpu, monkeypatch, capsys):
+    """A kernel 50% off, or one that raises: one warning line naming op, dtype and error, then the non-Triton
+    values (bit for bit the eager ones) for the rest of the process; "triton" still runs the kernel."""
+    real = rmsnorm.rms_norm
+    monkeypatch.setattr(rmsnorm, "rms_norm", lambda x, w, eps: real(x, w, eps) * 1.5)
+    x, w = torch.randn(5, 3, 32), torch.randn(32)
+    for _ in range(2):
+        assert torch.equal(kernels.rms_norm(x, w, 1e-6), kernels.rms_norm_eager(x, w, 1e-6))
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: kernels: the Triton rms_norm kernel is off by 0.5 x")
+    assert "float32" in err[0] and kernels._checked == {("rms_norm", f32): False}
+    assert torch.equal(kernels.rms_norm(x, w, 1e-6, backend="triton"), 1.5 * real(x, w, 1e-6))  # never replaced
+
+    def fails(*args):
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore")
+    monkeypatch.setattr(rope, "apply_rope", fails)
+    q, k, cos, sin = rope_inputs(2, 5, 4, 2, 32, f32, 1)
+    got = kernels.apply_rope(q, k, cos, sin)
+    assert torch.equal(got[0], kernels.rope_eager(q, cos, sin)) and torch.equal(got[1], kernels.rope_eager(k, cos, sin))
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: kernels: the Triton rope kernel raised RuntimeError: CUDA error: no kernel image is available for "
+        "execution on the device on a small float32 problem; backend 'auto' runs the non-Triton rope for float32 "
+        "from now on ('triton' still forces the kernel)"]
+
+
+@interpreter_only
+def test_auto_check_runs_eagerly_under_torch_compile(auto_on_cpu, monkeypatch, capsys):
+    """Traced for the first time, "auto" still checks the kernel, eagerly: the answer becomes a constant."""
+    x, w = torch.randn(5, 3, 32), torch.randn(32)
+    norm = torch.compile(lambda x, w: kernels.rms_norm(x, w, 1e-6), fullgraph=True, backend="aot_eager")
+    check(norm(x, w), kernels.rms_norm_eager(x.double(), w.double(), 1e-6), TOL[f32], "compiled rms_norm")
+    assert kernels._checked == {("rms_norm", f32): True} and capsys.readouterr().err == ""
+    real = rmsnorm.rms_norm
+    monkeypatch.setattr(rmsnorm, "rms_norm", lambda x, w, eps: real(x, w, eps) * 1.5)
+    monkeypatch.setattr(kernels, "_checked", {})
+    torch._dynamo.reset()
+    assert torch.equal(norm(x, w), kernels.rms_norm_eager(x, w, 1e-6))
+    assert len(capsys.readouterr().err.splitlines()) == 1 and kernels._checked == {("rms_norm", f32): False}
+
+
+@interpreter_only
+def test_runtime_loop_bounds_under_the_triton_36_interpreter(monkeypatch):
+    """triton 3.6's interpreter (and earlier ones) turns a runtime loop bound (a 1-element array) into an
+    int with int(array), which NumPy >= 2.4 refuses; kernels/common.py fixes that in the interpreter. Whichever
+    triton is installed, emulate that interpreter: the kernels whose loops have runtime bounds fail without
+    the fix, run with it.
+    (The whole suite against triton 3.6 itself: see tests/test_kernels.py's module docstring.)"""
+    from triton.runtime import interpreter
+
+    installed = interpreter._patch_lang_tensor
+
+    def strict_index(self):  # int(array) under NumPy >= 2.4
+        if self.handle.data.ndim:
+            raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+        return int(self.handle.data)
+
+    def triton_36(tensor, scope):
+        installed(tensor, scope)
+        scope.set_attr(tensor, "__index__", strict_index)
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", triton_36)
+    x, w = torch.randn(5, 40), torch.randn(40)
+    with pytest.raises(Exception, match="only 0-dimensional arrays"):
+        rmsnorm.rms_norm(x, w, 1e-6, max_block=16)  # the chunked path loops over column blocks of D
+    common.allow_runtime_loop_bounds(interpreter)  # what importing kernels.common does under the interpreter
+    check(rmsnorm.rms_norm(x, w, 1e-6, max_block=16), kernels.rms_norm_eager(x.double(), w.double(), 1e-6),
+          TOL[f32], "rms_norm, chunked")
+    run_attention(1, 4, 2, 20, 37, 32, True, f32)  # forward, dq and dk/dv loops, causal bounds, GQA loop
+    q, k = torch.randn(1, 2, 1, 32), torch.randn(1, 1, 40, 32)
+    check(fa.decode(q, k, k, num_splits=2), kernels.attention_eager(q.double(), k.double(), k.double()),
+          TOL[f32], "decode")
+
+
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
@@ -487,12 +594,18 @@ def test_gpu_attention_bf16_model_shapes(name, B, Hq, Hkv, T, D, causal):
 
 
 @gpu
-def test_gpu_auto_dispatch():
+def test_gpu_auto_dispatch(capsys):
+    """"auto" on this GPU: each kernel passes its one-time check (no warning) and is used."""
     q = torch.randn(1, 4, 64, 64, device="cuda", dtype=bf16)
     k = torch.randn(1, 1, 64, 64, device="cuda", dtype=bf16)
     assert fa.supported(q, k, k)
     check(kernels.attention(q, k, k), kernels.attention_sdpa(q, k, k).float(), TOL[bf16], "auto")
     assert not fa.supported(q.float(), k.float(), k.float())  # fp32 on CUDA goes to SDPA
+    x, w = torch.randn(8, 256, device="cuda", dtype=bf16), torch.ones(256, device="cuda")
+    kernels.rms_norm(x, w, 1e-6)
+    kernels.apply_rope(*rope_inputs(1, 16, 4, 1, 64, bf16, 1))
+    assert capsys.readouterr().err == ""
+    assert all(kernels._checked.get((op, bf16)) for op in ("attention", "rms_norm", "rope")), kernels._checked
 
 
 @gpu

@@ -246,9 +246,9 @@ def test_rope_torch_path_equals_eager(dtype):
 
 
 def test_compiled_training_step_equals_eager():
-    """Under torch.compile the loss, norms and RoPE trace their plain formulas (model.cross_entropy and the
-    kernel switch check torch.compiler.is_compiling) instead of the hand-written Functions: same loss, same
-    gradients, ignored targets and z-loss included."""
+    """Under torch.compile the loss, norms and RoPE trace their plain formulas (the kernel switch checks
+    torch.compiler.is_compiling) instead of the hand-written Functions: same loss, same gradients, ignored
+    targets and z-loss included."""
     model = build(tiny_elm(z_loss=1e-2, backend="sdpa"))
     model.train()
     idx, targets = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 12))
@@ -327,9 +327,12 @@ def test_loss_z_loss_and_ignore_index():
 
 
 @pytest.mark.parametrize("z_loss", [0.0, 0.3])
-@pytest.mark.parametrize("rows", [None, 4])
-def test_cross_entropy_gradient_equals_autograd_of_the_formula(z_loss, rows, monkeypatch):
-    from model import CrossEntropy
+@pytest.mark.parametrize("backend,rows", [("sdpa", None), ("sdpa", 4), ("eager", None)])
+def test_cross_entropy_gradient_equals_autograd_of_the_formula(z_loss, backend, rows, monkeypatch):
+    """kernels.cross_entropy: the blocked CrossEntropy Function ("sdpa", as "auto" and "triton") and the plain
+    formula ("eager", as under torch.compile) against F.cross_entropy in float64, gradients included."""
+    import kernels
+    from kernels.torch_ops import CrossEntropy
     if rows:  # blocks of 4 rows, the last one partial, as a real vocabulary's logits are cut
         monkeypatch.setattr(CrossEntropy, "blocks", staticmethod(lambda x: [slice(i, i + rows) for i in range(0, len(x), rows)]))
     torch.manual_seed(0)
@@ -341,14 +344,15 @@ def test_cross_entropy_gradient_equals_autograd_of_the_formula(z_loss, rows, mon
     want = torch.nn.functional.cross_entropy(logits[keep], targets[keep]) + z_loss * lse.pow(2).mean()
     (want_grad,) = torch.autograd.grad(want, logits)
     before = logits.detach().clone()
-    got = CrossEntropy.apply(logits, targets, z_loss)
+    got = kernels.cross_entropy(logits, targets, z_loss, backend=backend)
+    assert (type(got.grad_fn).__name__ == "CrossEntropyBackward") == (backend != "eager")  # which one ran
     (got_grad,) = torch.autograd.grad(got * 1.0, logits)
     assert torch.equal(logits, before)  # the in-place sub_/exp_ work on block copies, never the caller's logits
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got_grad, want_grad)
     assert torch.all(got_grad[[2, 7]] == 0)  # ignored positions get no gradient
     everything_ignored = torch.full((13,), IGNORE_INDEX)
-    assert CrossEntropy.apply(logits, everything_ignored, z_loss).item() == 0.0  # not NaN
+    assert kernels.cross_entropy(logits, everything_ignored, z_loss, backend=backend).item() == 0.0  # not NaN
 
 
 def test_optimizer_weight_decay_groups():
@@ -510,7 +514,7 @@ def test_attention_chunk_is_aligned_bottom_right(backend):
 
 
 def test_rms_norm_matches_transformers_bit_for_bit_in_bf16():
-    # normalise in fp32, cast to the input dtype, then scale: HF Llama's LlamaRMSNorm order
+    # normalise in fp32, cast to the input dtype, then scale: HF LlamaRMSNorm.forward's order
     import kernels
     LlamaRMSNorm = pytest.importorskip("transformers.models.llama.modeling_llama").LlamaRMSNorm
     torch.manual_seed(0)
