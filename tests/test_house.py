@@ -5,7 +5,7 @@ import glob
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BESIDE = {"configurator", "files"}  # used by every layer, importing nothing of ours
+BESIDE = {"configurator", "files"}  # used by every layer, importing nothing of ours but each other
 LAYERS = {  # 0 kernels, 1 the model, 2 the libraries, 3 the scripts
     "model": 1, "tokenizer": 2, "data": 2, "checkpoint": 2, "hf": 2, "lora": 2,
     "train": 3, "sample": 3, "eval": 3, "prepare": 3, "bench": 3, "export": 3, "weight_diff": 3,
@@ -29,8 +29,8 @@ def imports(path, ours):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}  # from kernels import rmsnorm
+            subs = {f"{node.module}.{a.name}" for a in node.names} & set(ours)  # from kernels import rmsnorm
+            found |= subs or {node.module}
     return {m for m in found if m in ours}
 
 
@@ -42,7 +42,7 @@ def test_every_module_has_a_layer_and_imports_nothing_above_it():
     ours = modules()
     for name, path in ours.items():
         if name in BESIDE:
-            assert not imports(path, ours), f"{name} is imported by every layer and must import nothing of ours"
+            assert imports(path, ours) <= BESIDE, f"{name} is imported by every layer and must import nothing of ours"
             continue
         assert layer(name) is not None, f"{name}.py has no layer: add it to LAYERS here and to the README's file tour"
         for dep in imports(path, ours) - BESIDE:
