@@ -1,7 +1,7 @@
 # The README's two commands: `make demo` (the main job) and `make test`. Both install first.
 PY ?= python
 
-.PHONY: install demo test
+.PHONY: install demo test gpu
 
 # torch first: the CPU wheel (with the triton the tests were verified with, on Linux) when no torch is
 # installed, since an unpinned torch would pull GBs of CUDA packages; any torch >= 2.5 already present, a
@@ -22,3 +22,8 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The one prepared run for a GPU machine (bench.py gpu): about 8 minutes on an H100/H200, installing nothing (a lent
+# GPU machine has its own torch and triton and no network); gpu_report/gpu_report.md and .json, rewritten as it goes
+gpu:
+	$(PY) bench.py gpu --out=gpu_report

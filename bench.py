@@ -11,6 +11,7 @@ The kernels' own timings (Triton vs SDPA and eager; the CPU ops) are beside them
 Each section is a plain function taking the remaining arguments; add a new one to SECTIONS.
 Numbers are printed, never asserted: timings depend on the machine, its load, clocks and driver.
 """
+import copy
 import math
 import os
 import sys
@@ -18,6 +19,7 @@ import tempfile
 import time
 
 import torch
+import torch.nn.functional as F
 
 import configurator
 import data
@@ -25,8 +27,9 @@ import eval as eval_  # the stdlib has no module `eval`, but the builtin eval() 
 import hf
 import train
 from configurator import InputError
+import kernels.bench as kbench
 from kernels.bench import interleaved_seconds
-from model import Transformer
+from model import ModelConfig, Transformer
 
 # ----------------------------------------------------------------------------- generation (sample.py)
 
@@ -56,14 +59,80 @@ def _best_of(n, fn):
     return max(runs, key=lambda r: r[1]["tokens_per_s"])
 
 
+# a 6-layer LLaMA of width 384 (14M parameters): batch-1 decoding reads every weight once per token
+DECODE = dict(vocab_size=8192, block_size=512, n_layer=6, n_embd=384, n_head=6, ffn_dim=1024)
+
+
+def copy_gbps(device="cpu", mb=256, n=5):
+    """The practical memory-bandwidth roofline: GB/s moved (read + write) by the best of n copies of a tensor."""
+    x = torch.ones(mb << 18, device=device)  # mb MB of fp32
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(n):
+        t = time.perf_counter()
+        y.copy_(x)
+        torch.cuda.synchronize() if x.is_cuda else None
+        best = min(best, time.perf_counter() - t)
+    return 2 * x.numel() * 4 / best / 1e9
+
+
+def weight_bytes(model):
+    """Bytes read per decoded token: every weight and buffer but the input embedding, of which one row is
+    read (a tied model's output head reads all of it)."""
+    emb = model.tok_embeddings.weight
+    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return total - (0 if model.config.tie_embeddings else emb.numel() * emb.element_size())
+
+
+@torch.no_grad()
+def minimal_generate(model, prompt, n):
+    """Greedy decoding in the style of gpt-fast's generate.py, the plain reference ours must beat: the weights of
+    our LLaMA-shaped model, plain PyTorch ops and no modules, a static KV cache of block_size written with
+    index_copy_, a causal-mask row per step, RoPE from a precomputed table, SDPA."""
+    c, L = model.config, model.config.block_size
+    hd, H, Hkv = c.dim_head, c.n_head, c.n_kv_head or c.n_head
+    freqs = torch.arange(L).float()[:, None] / (c.rope_theta ** (torch.arange(0, hd, 2).float() / hd))
+    cos, sin, causal = freqs.cos(), freqs.sin(), torch.ones(L, L, dtype=torch.bool).tril()
+    cache = [(torch.zeros(1, Hkv, L, hd), torch.zeros(1, Hkv, L, hd)) for _ in model.layers]
+    norm = lambda x, w: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + c.norm_eps) * w  # noqa: E731
+
+    def rot(x, p):  # x (1, T, H, D), rotate-half pairs
+        x1, x2 = x.chunk(2, -1)
+        cc, ss = cos[p][None, :, None], sin[p][None, :, None]
+        return torch.cat([x1 * cc - x2 * ss, x2 * cc + x1 * ss], -1)
+
+    def forward(idx, p):
+        x = F.embedding(idx, model.tok_embeddings.weight)[None]
+        for layer, (kc, vc) in zip(model.layers, cache):
+            a, f = layer.attn, layer.ffn
+            qkv = F.linear(norm(x, layer.attn_norm.weight), a.qkv_proj.weight).view(1, len(p), H + 2 * Hkv, hd)
+            q, k, v = qkv.split([H, Hkv, Hkv], 2)
+            kc.index_copy_(2, p, rot(k, p).transpose(1, 2))
+            vc.index_copy_(2, p, v.transpose(1, 2))
+            y = F.scaled_dot_product_attention(rot(q, p).transpose(1, 2), kc, vc, attn_mask=causal[p], enable_gqa=H != Hkv)
+            x = x + F.linear(y.transpose(1, 2).reshape(1, len(p), H * hd), a.out_proj.weight)
+            gate, up = F.linear(norm(x, layer.ffn_norm.weight), f.gate_up_proj.weight).chunk(2, -1)
+            x = x + F.linear(F.silu(gate) * up, f.down_proj.weight)
+        return F.linear(norm(x, model.norm.weight), model.lm_head.weight)[0, -1]
+
+    T = prompt.shape[1]
+    out = [int(forward(prompt[0], torch.arange(T)).argmax())]
+    for i in range(n - 1):
+        out.append(int(forward(torch.tensor(out[-1:]), torch.tensor([T + i])).argmax()))
+    return torch.cat([prompt[0], torch.tensor(out)])[None]
+
+
 def bench_sample(args):
-    """Batch-1 decoding speed: ours against Hugging Face generate() on the same weights (llama_tiny shape,
-    CPU), prompt-lookup speedup on code continuation, and on a GPU an OpenELM-1.1B-shaped model in bf16
-    with compile against the memory-bandwidth roofline. Options: --quick, --init_from=PATH (a trained
-    checkpoint for the prompt-lookup part; default out/llama_tiny if it exists), --new=N tokens, --threads=N."""
+    """Batch-1 decoding speed on this machine's CPU: ours (as `python sample.py` runs it, with int8 weights, and
+    compiled) against transformers' generate() and a minimal static-cache decoder written here, on the same
+    weights, each also as a share of the memory-bandwidth roofline measured in the same run; prompt-lookup
+    speedup on code continuation; and on a GPU an OpenELM-1.1B-shaped model in bf16 with compile against the
+    roofline. Options: --quick, --init_from=PATH (a trained checkpoint for the prompt-lookup part; default
+    out/llama_tiny if it exists), --new=N tokens, --threads=N."""
+    import quantize
     import sample
     opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
-    quick, new = "--quick" in args, int(opts.get("new", 200))
+    quick, new = "--quick" in args, int(opts.get("new", 128))
     reps = 1 if quick else 3
     if "threads" in opts:
         torch.set_num_threads(int(opts["threads"]))
@@ -71,60 +140,51 @@ def bench_sample(args):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads{load}"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))
 
-    # 1. the llama_tiny shape on the CPU: our static-cache loop against transformers' generate()
-    cfg = _config("llama_tiny")
+    # 1. a 14M LLaMA on the CPU, fp32, every decoder on the same weights, in interleaved rounds
     torch.manual_seed(0)
-    ours = Transformer(cfg).eval()
-    prompt = torch.randint(3, cfg.vocab_size, (1, 16))
-    new = min(new, cfg.block_size - prompt.shape[1])
+    ours = Transformer(ModelConfig(**DECODE)).eval()
+    prompt = torch.randint(3, DECODE["vocab_size"], (1, 16))
     try:
         theirs, ours = hf_twin(ours)
         theirs.eval()
     except ImportError:
         theirs = None
         print("transformers is not installed (pip install transformers): skipping the Hugging Face comparison")
-    fmt = lambda x, w: f"{'-':>{w}}" if x is None else f"{x:>{w}.1f}"  # noqa: E731
-
-    def run_ours(model, compile=False):
-        st = {}
-        return sample.generate(model, prompt, new, greedy=True, compile=compile, stats=st), st
-
-    print(f"\nbatch-1 greedy decode, llama_tiny shape ({ours.num_params() / 1e6:.1f}M params, CPU), "
-          f"{prompt.shape[1]}-token prompt, {new} new tokens: tokens/s, best of {reps}")
-    if theirs is not None:
-        def run_hf():
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                out = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
-                                      min_new_tokens=new, do_sample=False, pad_token_id=0)
-            return out, {"tokens_per_s": (out.shape[1] - prompt.shape[1]) / (time.perf_counter() - t0)}
-        print(f"  transformers {__import__('transformers').__version__} generate() ({theirs.config._attn_implementation} "
-              f"attention) against sample.generate: eager, and with the decode step compiled (inductor)")
-    print(f"  {'dtype':<10}{'transformers':>13}{'ours eager':>12}{'ours compiled':>15}{'speedup':>9}  agreement")
-    for dtype in (torch.float32, torch.bfloat16):
-        ours.to(dtype)
-        if theirs is not None:
-            theirs.to(dtype)
-        runs = []
-        for _ in range(reps):  # interleaved, so each contender sees the same machine load
-            runs.append((run_hf() if theirs is not None else None, run_ours(ours)))
-        ref = max((r[0] for r in runs), key=lambda r: r[1]["tokens_per_s"]) if theirs is not None else None
-        eager = max((r[1] for r in runs), key=lambda r: r[1]["tokens_per_s"])
-        try:
-            run_ours(ours, compile=True)  # compiles (tens of seconds on a small CPU)
-            compiled = _best_of(reps, lambda: run_ours(ours, compile=True))
-        except Exception as e:  # inductor needs a C++ compiler; say why and go on
-            print(f"  (compile failed: {type(e).__name__}: {str(e).splitlines()[0][:100]})")
-            compiled = None
-        best = max(eager[1]["tokens_per_s"], compiled[1]["tokens_per_s"] if compiled else 0)
-        agree = ""
-        if ref is not None:
-            same = int((eager[0] == ref[0]).all(0).cumprod(0).sum()) - prompt.shape[1]
-            agree = f"eager = transformers for the first {same}/{new} tokens"
-        print(f"  {str(dtype)[6:]:<10}{fmt(ref and ref[1]['tokens_per_s'], 13)}{eager[1]['tokens_per_s']:12.1f}"
-              f"{fmt(compiled and compiled[1]['tokens_per_s'], 15)}"
-              + (f"{best / ref[1]['tokens_per_s']:8.2f}x" if ref else f"{'-':>9}") + f"  {agree}", flush=True)
-    print("  speedup = our best / transformers, same weights and dtype (target >= 2x)")
+    int8 = quantize.int8(copy.deepcopy(ours))
+    timed = lambda fn: (lambda: (lambda t: (fn(), time.perf_counter() - t))(time.perf_counter()))  # noqa: E731
+    runs = {"transformers generate()": timed(lambda: theirs.generate(
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new,
+                do_sample=False, pad_token_id=0)) if theirs is not None else None,
+            "minimal static-cache decoder (gpt-fast style)": timed(lambda: minimal_generate(ours, prompt, new)),
+            "ours: sample.generate, the default": timed(lambda: sample.generate(ours, prompt, new, greedy=True)),
+            "ours: int8 weights (--int8=True)": timed(lambda: sample.generate(int8, prompt, new, greedy=True))}
+    runs = {k: v for k, v in runs.items() if v is not None}
+    t = time.perf_counter()
+    sample.generate(ours, prompt, new, greedy=True, compile=True)  # compiles (inductor; cached on disk after)
+    compile_s = time.perf_counter() - t
+    runs["ours: compile=True"] = timed(lambda: sample.generate(ours, prompt, new, greedy=True, compile=True))
+    best, outputs = {k: float("inf") for k in runs}, {}
+    for k, fn in runs.items():
+        fn()  # warm-up
+    for _ in range(reps):
+        for k, fn in runs.items():
+            outputs[k], seconds = fn()
+            best[k] = min(best[k], seconds)
+    gbps = copy_gbps()
+    ref = runs and best.get("transformers generate()")
+    print(f"\nbatch-1 greedy decode, {ours.num_params() / 1e6:.1f}M-parameter LLaMA ({DECODE['n_layer']} layers x "
+          f"{DECODE['n_embd']}), fp32, CPU, {prompt.shape[1]}-token prompt, {new} new tokens, best of {reps} "
+          f"interleaved rounds; roofline: weight bytes per token at the {gbps:.1f} GB/s a copy reaches here")
+    print("| decoder | tokens/s | vs transformers | roofline share | tokens as transformers' |\n|---|---|---|---|---|")
+    want = outputs.get("transformers generate()")
+    for k in runs:
+        tps = new / best[k]
+        model = int8 if "int8" in k else ours
+        same = "" if want is None else f"{int((outputs[k][0] == want[0]).cumprod(0).sum()) - prompt.shape[1]}/{new}"
+        print(f"| {k} | {tps:.0f} | {ref / best[k]:.2f}x | {tps * weight_bytes(model) / 1e9 / gbps:.0%} | {same} |"
+              if ref else f"| {k} | {tps:.0f} | - | {tps * weight_bytes(model) / 1e9 / gbps:.0%} | |")
+    print(f"compile=True spent {compile_s:.1f} s compiling in this process (inductor's on-disk cache shortens a "
+          f"second process's)")
 
     # 2. prompt lookup on code continuation: prompts cut from the default corpus's validation split
     path = opts.get("init_from", "out/llama_tiny")
@@ -137,7 +197,7 @@ def bench_sample(args):
             model, _ = checkpoint.load_model(path)
             what = path
         else:
-            model, what = ours.float(), f"llama_tiny with RANDOM weights ({path} not found: train one for real numbers)"
+            model, what = ours.float(), f"the 14M LLaMA above, RANDOM weights ({path} not found: train one for real numbers)"
         val = data.open_split(data_dir, "val")[0]
         T = min(128, model.config.block_size // 2)
         n_new = min(new, model.config.block_size - T)
@@ -169,20 +229,20 @@ def bench_sample(args):
     big = big.to(torch.bfloat16).to_empty(device="cuda")
     big.init_weights()
     big.eval()
-    weight_bytes = sum(p.numel() * p.element_size() for p in big.parameters())  # tied: read once per token
+    wbytes = weight_bytes(big)
     name = torch.cuda.get_device_name()
     tbps = next((v for k, v in HBM_TBPS.items() if k in name), None)
     prompt = torch.randint(3, cfg.vocab_size, (1, 16), device="cuda")
     n_new = 256 if quick else 512
-    print(f"\n{name}: OpenELM-1.1B shape ({big.num_params() / 1e9:.2f}B params, {weight_bytes / 1e9:.2f} GB bf16), "
+    print(f"\n{name}: OpenELM-1.1B shape ({big.num_params() / 1e9:.2f}B params, {wbytes / 1e9:.2f} GB bf16), "
           f"batch 1, {n_new} new tokens")
     for compile in (False, True):
         st = {}
         sample.generate(big, prompt, n_new, greedy=True, compile=compile)  # warm-up: compiles, records graphs
         sample.generate(big, prompt, n_new, greedy=True, compile=compile, stats=st)
         tps = st["tokens_per_s"]
-        gbps = tps * weight_bytes / 1e9
-        roof = f", {100 * gbps / (tbps * 1e3):.0f}% of the {tbps} TB/s roofline ({tbps * 1e12 / weight_bytes:.0f} tokens/s)" if tbps else ""
+        gbps = tps * wbytes / 1e9
+        roof = f", {100 * gbps / (tbps * 1e3):.0f}% of the {tbps} TB/s roofline ({tbps * 1e12 / wbytes:.0f} tokens/s)" if tbps else ""
         print(f"  {'compiled + CUDA graphs' if compile else 'eager':<24}{tps:8.1f} tokens/s, {gbps:6.0f} GB/s of weights{roof}")
     print("  target: >= 60% of the roofline with compile")
 
@@ -456,7 +516,258 @@ def bench_finetune(args, run_dir="out/elm_tiny", steps=150):
         print(f"| {name} | {p / 1e6:.2f}M | {m:.1f} | {loss:.3f} |")
 
 
-SECTIONS = {"decode": bench_sample, "train": bench_train, "finetune": bench_finetune}
+# ----------------------------------------------------------------------------- the GPU check
+
+class Report:
+    """gpu_report.md and gpu_report.json in one folder, both rewritten after every section (and table), so a run
+    that is killed still leaves everything it measured."""
+
+    def __init__(self, out):
+        self.out, self.sections = out, {}
+        os.makedirs(out, exist_ok=True)
+
+    def add(self, section, **fields):
+        self.sections.setdefault(section, {"tables": {}, "notes": []}).update(fields)
+        self.write()
+
+    def table(self, section, title, rows, cols):
+        self.sections.setdefault(section, {"tables": {}, "notes": []})["tables"][title] = {"cols": cols, "rows": rows}
+        print(kbench.table(rows, cols, title), flush=True)
+        self.write()
+
+    def note(self, section, text):
+        self.sections.setdefault(section, {"tables": {}, "notes": []})["notes"].append(text)
+        print(f"  {section}: {text}", flush=True)
+        self.write()
+
+    def write(self):
+        from files import write_json, atomic_write
+        write_json(os.path.join(self.out, "gpu_report.json"), self.sections)
+        md = ["# nanoELM GPU report"]
+        for name, sec in self.sections.items():
+            md.append(f"\n## {name} ({sec.get('status', 'running')}, {sec.get('seconds', 0):.0f} s)")
+            md += [f"- {n}" for n in sec["notes"]]
+            md += [kbench.table(t["rows"], t["cols"], f"**{title}**") for title, t in sec["tables"].items()]
+        atomic_write(os.path.join(self.out, "gpu_report.md"), "\n".join(md) + "\n")
+
+
+def _gpu_environment(r, dev, deadline, tiny):
+    name = "environment"
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if dev == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
+                    memory_gb=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version())
+        try:
+            import subprocess
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = None
+    n = 256 if tiny else 8192
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16 if dev == "cuda" else torch.float32)
+    info["matmul_tflops"] = 2 * n ** 3 / (kbench.time_ms(lambda: a @ a) * 1e-3) / 1e12  # dense bf16: the practical peak
+    info["copy_gbps"] = kbench.copy_gbps(dev)
+    r.add(name, info=info)
+    r.note(name, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()))
+    return info
+
+
+def _gpu_correctness(r, dev, deadline, tiny):
+    """Attention at the released models' layer shapes, RMSNorm and RoPE, in bf16 and fp16, against float64."""
+    name = "correctness"
+    if tiny:  # the interpreter: tiny shapes, and fp32/fp16 (its bf16 tl.dot is wrong)
+        shapes, lengths, dtypes = [("tiny gqa4 d16", 4, 1, 16), ("tiny d20", 2, 2, 20)], [1, 17, 40], (torch.float32, torch.float16)
+    else:  # (name, Hq, Hkv, head_dim): OpenELM-270M's first and last layers, OpenELM-1.1B's last, OpenLLaMA-3B,
+        # LLaMA-7B, and GQA 8 at Llama-2-70B's heads
+        shapes = [("elm_270m L0", 12, 3, 64), ("elm_270m L15", 20, 5, 64), ("elm_1_1b L27", 32, 8, 64),
+                  ("open_llama_3b", 32, 32, 100), ("llama_7b", 32, 32, 128), ("gqa8 d128", 64, 8, 128)]
+        lengths, dtypes = [1, 100, 2048, 4097], (torch.bfloat16, torch.float16)
+    # T = 1 is a decode step against a long cache (the split-KV path); the others are fwd+bwd, causal
+    cases = [(f"{n} T={T}", 1, hq, hkv, T, T if T > 1 else lengths[-1], d, T > 1) for n, hq, hkv, d in shapes for T in lengths]
+    cases += [(f"{n} Tq<Tk", 1, hq, hkv, lengths[1], lengths[-1], d, True) for n, hq, hkv, d in shapes]
+    cols = ["case", "dtype", "Tq", "Tk", "causal", "path", "triton err", "sdpa err", "ok"]
+    for dtype in dtypes:
+        rows = kbench.attention_errors(cases, dtype, dev, deadline)
+        r.table(name, f"attention, {str(dtype)[6:]}: error vs float64 beside SDPA's (ok: within 2x)", rows, cols)
+        if len(rows) < len(cases):
+            r.note(name, f"budget spent after {len(rows)} of {len(cases)} {dtype} attention cases")
+            return
+    widths, head_dims = ([32, 48], [16, 20]) if tiny else ([1280, 2048, 3200, 4096], [64, 100, 128])
+    rows = [row for dtype in dtypes for row in kbench.norm_rope_errors(widths, head_dims, dtype, dev)]
+    r.table(name, "RMSNorm (model and QK-norm) and RoPE: error vs float64 beside eager's", rows,
+            ["op", "D", "dtype", "triton err", "eager err", "ok"])
+
+
+def _gpu_speed(r, dev, deadline, tiny, roofline):
+    name = "kernel speed"
+    dtype = torch.float32 if tiny else torch.bfloat16
+    shapes = [("gqa4 d16", 4, 1, 16)] if tiny else [("d64 gqa4", 32, 8, 64), ("d128", 32, 32, 128), ("d128 gqa4", 32, 8, 128)]
+    seqlens = [32] if tiny else [1024, 2048, 4096, 8192, 16384]
+    backends = ["triton"] + ([f"sdpa-{n}" for n, _ in kbench._sdpa_backends()] if dev == "cuda" else ["sdpa-math"]) + ["eager"]
+    rows = kbench.attention_speed(shapes, seqlens, dtype, dev, 64 if tiny else 16384, deadline)
+    r.table(name, "attention TFLOP/s (B*T = 16k; ratio = triton / best SDPA; target >= 1.1 forward, 1.0 backward)",
+            rows, ["shape", "T", "mask", "pass", *backends, "ratio"])
+    cols = ["triton", "eager", "% roofline", "speedup"]
+    norms = [(64, 32)] if tiny else [(16384, 1280), (16384, 4096), (16384 * 16, 64)]
+    r.table(name, f"RMSNorm GB/s (copy roofline {roofline:.0f} GB/s; target >= 80%)",
+            kbench.norm_speed(norms, dtype, dev, roofline, deadline), ["rows x D", "pass", *cols])
+    ropes = [("tiny", 1, 16, 4, 1, 16)] if tiny else [("openelm", 8, 2048, 16, 4, 64), ("llama7b", 4, 2048, 32, 32, 128)]
+    r.table(name, f"RoPE GB/s (copy roofline {roofline:.0f} GB/s; target >= 80%)",
+            kbench.rope_speed(ropes, dtype, dev, roofline, deadline), ["shape", "pass", *cols])
+    lengths = [64] if tiny else [4096, 16384, 65536]
+    r.table(name, "decode (Tq = 1): Triton split-KV against SDPA (ratio > 1: Triton faster)",
+            kbench.decode_speed(lengths, (1,), dtype, dev, (4, 1, 16) if tiny else (32, 8, 128), deadline),
+            ["B", "Tk", "triton us", "sdpa us", "triton GB/s", "sdpa GB/s", "ratio"])
+    if time.time() > deadline:
+        r.note(name, "budget spent: the tables above stop where it ran out")
+
+
+def _gpu_training(r, dev, deadline, tiny, env):
+    """train.py itself: elm_270m at context 2048 in bf16 on one GPU, Triton against SDPA, eager and compiled."""
+    import json
+    import subprocess
+    name = "training"
+    tmp = tempfile.mkdtemp()
+    data = _random_data(os.path.join(tmp, "data"), 32000, 2_000_000 if not tiny else 20_000)
+    arch = ["configs/elm_270m.py"] if not tiny else ["configs/elm_tiny.py", "--n_layer=1", "--block_size=32",
+                                                      "--vocab_size=32000", "--dtype=float32"]
+    steps, batch = (30, 8) if not tiny else (2, 1)
+    runs = [("triton", False), ("sdpa", False)] + ([] if tiny else [("triton", True), ("sdpa", True)])
+    rows, curves = [], {}
+    for backend, compiled in runs:
+        left = deadline - time.time()
+        if left < 20:
+            r.note(name, f"budget spent before backend={backend} compile={compiled}")
+            break
+        log = os.path.join(tmp, f"{backend}{compiled}.jsonl")
+        cmd = [sys.executable, "train.py", *arch, f"--data_dir={data}", f"--out_dir={os.path.join(tmp, f'out_{backend}{compiled}')}",
+               f"--batch_size={batch}", f"--global_batch_size={batch}", f"--max_iters={steps}", "--log_interval=1",
+               "--eval_interval=0", "--save_interval=-1", f"--backend={backend}", f"--compile={compiled}",
+               f"--device={dev}", f"--log_file={log}", "--warmup_iters=5"]
+        try:
+            p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=left)
+        except subprocess.TimeoutExpired:
+            r.note(name, f"backend={backend} compile={compiled} did not finish in the {left:.0f} s left")
+            break
+        if p.returncode != 0:
+            r.note(name, f"backend={backend} compile={compiled} failed: {(p.stderr or p.stdout).strip().splitlines()[-1]}")
+            continue
+        log = [json.loads(line) for line in open(log)]
+        curves[(backend, compiled)] = [x["loss"] for x in log]
+        last = log[-5:]  # the steady state: compile and autotuning are behind it
+        tok_s = sum(x["tokens_per_s"] for x in last) / len(last)
+        fpt = log[-1]["tflops"] * 1e12 / log[-1]["tokens_per_s"]
+        rows.append({"backend": backend, "compile": compiled, "tokens/s": tok_s, "MFU (datasheet)": log[-1]["mfu"],
+                     "of measured bf16 matmul": fpt * tok_s / (env["matmul_tflops"] * 1e12),
+                     "peak GB": log[-1]["peak_mem_gb"], "final loss": log[-1]["loss"]})
+        r.table(name, f"train.py, {arch[0]} at context {2048 if not tiny else 32}, batch {batch}, {steps} steps", rows,
+                list(rows[0]))
+    for compiled in (False, True):
+        a, b = curves.get(("triton", compiled)), curves.get(("sdpa", compiled))
+        if a and b:
+            diff = max(abs(x - y) / abs(y) for x, y in zip(a, b))
+            r.note(name, f"compile={compiled}: the triton and sdpa loss curves differ by at most {diff:.2%} "
+                         f"({'within' if diff < 0.02 else 'BEYOND'} bf16 noise, 2%)")
+
+
+def _gpu_decoding(r, dev, deadline, tiny, env):
+    """OpenELM-1.1B's shape with random weights, bf16, batch 1, compiled: tokens/s against the roofline; and the
+    prompt-lookup speedup on repetitive text."""
+    import sample
+    name = "decoding"
+    cfg = train.config_of(os.path.join(ROOT, "configs", "elm_tiny.py" if tiny else "elm_1_1b.py"))
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to(torch.bfloat16 if not tiny else torch.float32).to_empty(device=dev)
+    model.init_weights()
+    model.eval()
+    wbytes, n_new = weight_bytes(model), 16 if tiny else 256
+    prompt = torch.randint(3, cfg.vocab_size, (1, 16), device=dev)
+    rows = []
+    for compiled in ((False,) if tiny else (False, True)):
+        if time.time() > deadline:
+            r.note(name, "budget spent")
+            break
+        sample.generate(model, prompt, n_new, greedy=True, compile=compiled)  # warm-up: compiles, records graphs
+        st = {}
+        sample.generate(model, prompt, n_new, greedy=True, compile=compiled, stats=st)
+        rows.append({"decoder": "compiled + CUDA graphs" if compiled else "eager", "tokens/s": st["tokens_per_s"],
+                     "GB/s of weights": st["tokens_per_s"] * wbytes / 1e9,
+                     "roofline share": st["tokens_per_s"] * wbytes / 1e9 / env["copy_gbps"]})
+        r.table(name, f"batch-1 decode, {cfg.n_layer}-layer OpenELM ({model.num_params() / 1e9:.2f}B, {wbytes / 1e9:.2f} GB); "
+                      f"roofline: {env['copy_gbps']:.0f} GB/s copy (target >= 60%)", rows, list(rows[0]))
+    text = torch.tensor([[3 + (i % 37) for i in range(96)]], device=dev)  # a repeating pattern: lookup finds it
+    st_plain, st_pld = {}, {}
+    a = sample.generate(model, text, n_new, greedy=True, stats=st_plain)
+    b = sample.generate(model, text, n_new, greedy=True, prompt_lookup_num_tokens=10, stats=st_pld)
+    r.note(name, f"prompt lookup on repetitive text: {st_pld['tokens_per_s'] / st_plain['tokens_per_s']:.2f}x "
+                 f"({st_pld['accepted']}/{st_pld['proposed']} drafts accepted), outputs "
+                 f"{'identical' if torch.equal(a, b) else 'DIFFER'}")
+
+
+def _gpu_tests(r, dev, deadline, tiny):
+    import subprocess
+    name = "GPU tests"
+    left = max(10, deadline - time.time())
+    try:
+        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_kernels.py", "-p",
+                            "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=left)
+        lines = p.stdout.strip().splitlines()
+        r.note(name, f"pytest -m gpu tests/test_kernels.py: {lines[-1] if lines else p.stderr[-300:]}")
+        failed = [line for line in lines if line.startswith("FAILED")]
+        for line in failed[:20]:
+            r.note(name, line)
+    except subprocess.TimeoutExpired:
+        r.note(name, f"pytest -m gpu did not finish in {left:.0f} s")
+
+
+def bench_gpu(args):
+    """python bench.py gpu [--out=DIR] [--cpu]: the one prepared run for a GPU machine (make gpu). Sections in order
+    of value, each with its own time budget (skipped with a note when its budget is spent), the report rewritten
+    after each: environment and measured rooflines; kernel correctness at real shapes; kernel speed; train.py
+    itself; decoding; the CUDA-only tests. About 8 minutes on an H100/H200. --cpu walks every section's code on
+    tiny shapes under Triton's interpreter (the test suite runs it), so the script cannot rot without a GPU."""
+    opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    tiny = "--cpu" in args
+    if tiny and os.environ.get("TRITON_INTERPRET") != "1":  # read when triton is imported, which torch does
+        raise InputError("bench.py gpu --cpu runs the Triton kernels in their interpreter: "
+                         "TRITON_INTERPRET=1 python bench.py gpu --cpu")
+    if not tiny and not torch.cuda.is_available():
+        raise InputError("bench.py gpu needs a CUDA GPU; --cpu runs its code paths on tiny shapes here")
+    dev, scale = ("cpu" if tiny else "cuda"), float(opts.get("scale", 1.0))  # scale: every budget times this
+    r = Report(opts.get("out", "gpu_report"))
+    budgets = {"environment": 20, "correctness": 110, "kernel speed": 100, "training": 150, "decoding": 50,
+               "GPU tests": 50}
+    env = None
+    for section, fn in (("environment", lambda d: _gpu_environment(r, dev, d, tiny)),
+                        ("correctness", lambda d: _gpu_correctness(r, dev, d, tiny)),
+                        ("kernel speed", lambda d: _gpu_speed(r, dev, d, tiny, env["copy_gbps"])),
+                        ("training", lambda d: _gpu_training(r, dev, d, tiny, env)),
+                        ("decoding", lambda d: _gpu_decoding(r, dev, d, tiny, env)),
+                        ("GPU tests", lambda d: _gpu_tests(r, dev, d, tiny))):
+        t0 = time.time()
+        print(f"\n== {section} (budget {budgets[section] * scale:.0f} s)", flush=True)
+        try:
+            out = fn(t0 + budgets[section] * scale)
+            env = out if section == "environment" else env
+            status = "done"
+        except Exception as e:  # a section that breaks is reported, and the next one still runs
+            import traceback
+            status = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            r.note(section, "".join(traceback.format_exception(e)[-3:]).strip().replace("\n", " | ")[:600])
+            if env is None:
+                env = {"copy_gbps": 1.0, "matmul_tflops": 1.0}
+        r.add(section, status=status, seconds=time.time() - t0)
+    print(f"\nreport: {os.path.join(r.out, 'gpu_report.md')} and gpu_report.json")
+
+
+SECTIONS = {"decode": bench_sample, "train": bench_train, "finetune": bench_finetune, "gpu": bench_gpu}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in SECTIONS:

@@ -69,6 +69,7 @@ download = False  # only fetch the tasks' public datasets (`datasets` + network)
 out_file = "eval_results.json"  # JSON results ("" = none)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # float32 | bfloat16 | float16
+int8 = False  # weight-only int8 linear layers (quantize.py), to measure what they cost in quality
 _SETTINGS = [k for k in list(globals()) if not k.startswith("_") and isinstance(globals()[k], (int, float, str))]
 
 # -----------------------------------------------------------------------------
@@ -688,6 +689,9 @@ def main(argv):
     if dtype not in ("float32", "bfloat16", "float16"):
         raise InputError(f"dtype={dtype!r}: use float32, bfloat16 or float16")
     model, tok = load(init_from, tokenizer, device, dtype)
+    if int8:
+        import quantize
+        quantize.int8(model)
     L = max_length or model.config.block_size
     if L > model.config.block_size:
         raise InputError(f"max_length={L} exceeds the model's block_size={model.config.block_size}: lower it")

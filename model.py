@@ -14,7 +14,6 @@ Both families run fused projections here (one qkv matmul, one gate+up matmul): f
 OpenELM's checkpoints are already laid out that way; hf.py concatenates LLaMA's q/k/v and gate/up on
 import and splits them on export.
 """
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -136,8 +135,9 @@ class RMSNorm(nn.Module):
 
 class KVCache(nn.Module):
     """Preallocated keys and values of one layer (OpenELM layers differ in kv heads, so one per layer).
-    Slot s holds the token at cache position s; attention masks by slot, so rewinding after a rejected
-    speculation is just writing the next tokens over the stale slots."""
+    Slot s holds the token at cache position s; attention reads slots up to the newest query's (by a mask, or
+    by slicing that prefix), so rewinding after a rejected speculation is just writing the next tokens over the
+    stale slots."""
 
     def __init__(self, batch_size, n_kv_head, max_len, head_dim, dtype, device):
         super().__init__()
@@ -164,7 +164,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.norm_eps, config.backend)
         self.kv_cache = None
 
-    def forward(self, x, cos, sin, input_pos=None, mask=None):
+    def forward(self, x, cos, sin, input_pos=None, mask=None, length=None):
         B, T, _ = x.shape
         qkv = self.qkv_proj(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
         q, k, v = qkv.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=2)  # (B, T, H, D)
@@ -174,6 +174,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         if input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, max_len, D)
+            if length is not None:  # the filled prefix, causal from the queries' end: no mask to build or apply
+                k, v = k[:, :, :length], v[:, :, :length]
         y = kernels.attention(q, k, v, causal=mask is None, mask=mask, backend=self.backend)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
@@ -197,8 +199,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.n_embd, config.norm_eps, config.backend)
         self.ffn = FeedForward(config.n_embd, ffn_dim)
 
-    def forward(self, x, cos, sin, input_pos=None, mask=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, input_pos, mask)
+    def forward(self, x, cos, sin, input_pos=None, mask=None, length=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, input_pos, mask, length)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -253,26 +255,36 @@ class Transformer(nn.Module):
             layer.attn.kv_cache = None
 
     def rope(self, pos):
-        """cos, sin of shape (B or 1, T, head_dim/2) in fp32 for integer positions pos (B or 1, T).
-        Computed per call (a few KB) rather than cached, so meta-device models need no buffers."""
-        hd = self.config.dim_head
-        inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, hd, 2, device=pos.device).float() / hd))
-        freqs = pos.float().unsqueeze(-1) * inv_freq
-        return freqs.cos(), freqs.sin()
+        """cos, sin of shape (B or 1, T, head_dim/2) in fp32 for integer positions pos (B or 1, T): rows of a
+        table of every position below block_size, made on first use per device (the same values as computing
+        them per call; not a buffer, so meta-device models need none). Under torch.compile, computed in the graph."""
+        hd, table = self.config.dim_head, getattr(self, "_rope_table", None)
+        if torch.compiler.is_compiling() or table is None or table[0].device != pos.device:
+            inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, hd, 2, device=pos.device).float() / hd))
+            if torch.compiler.is_compiling():
+                freqs = pos.float().unsqueeze(-1) * inv_freq
+                return freqs.cos(), freqs.sin()
+            freqs = torch.arange(self.config.block_size, device=pos.device).float().unsqueeze(-1) * inv_freq
+            table = self._rope_table = (freqs.cos(), freqs.sin())
+        return table[0][pos], table[1][pos]
 
     def forward(self, idx, targets=None, input_pos=None, left_pad=None):
         """idx (B, T) token ids. Without input_pos: the whole sequence, causal, no cache (training,
-        scoring). With input_pos (T,) cache slots of these tokens: decode against the static cache;
-        left_pad (B,) counts the padding slots at the start of each row of a left-padded batch."""
+        scoring). With input_pos (T,), the consecutive cache slots of these tokens: decode against the static
+        cache; left_pad (B,) counts the padding slots at the start of each row of a left-padded batch."""
         B, T = idx.shape
-        mask = None
+        mask = length = None
         if input_pos is None:
             if T > self.config.block_size:
                 raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
             pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)
+        elif self.layers[0].attn.kv_cache is None:
+            raise RuntimeError("forward with input_pos needs a KV cache: call model.setup_cache() first")
+        elif left_pad is None and not torch.compiler.is_compiling():
+            # attention reads the cache's prefix up to the newest query, causal from its end: no mask to build
+            # or apply (a CUDA graph needs the fixed shapes of the masked form below)
+            length, pos = int(input_pos[-1]) + 1, input_pos.unsqueeze(0)
         else:
-            if self.layers[0].attn.kv_cache is None:
-                raise RuntimeError("forward with input_pos needs a KV cache: call model.setup_cache() first")
             slots = torch.arange(self.layers[0].attn.kv_cache.k.shape[2], device=idx.device)
             mask = slots <= input_pos.unsqueeze(-1)  # (T, S): causal by slot, stale slots past input_pos hidden
             pos = input_pos.unsqueeze(0)
@@ -284,9 +296,9 @@ class Transformer(nn.Module):
         cos, sin = self.rope(pos)
         x = self.tok_embeddings(idx)
         for layer in self.layers:
-            x = layer(x, cos, sin, input_pos, mask)
+            x = layer(x, cos, sin, input_pos, mask, length)
         x = self.norm(x)
-        logits = F.linear(x, self.tok_embeddings.weight if self.config.tie_embeddings else self.lm_head.weight)
+        logits = F.linear(x, self.tok_embeddings.weight) if self.config.tie_embeddings else self.lm_head(x)
         if targets is None:
             return logits
         # z-loss keeps the softmax normaliser near 1 (OpenELM recipe). A training regulariser only:

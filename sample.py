@@ -47,6 +47,7 @@ chat = False  # wrap the prompt in the Open-Instruct chat template; a conversati
 compile = False  # torch.compile the one-token decode step (CUDA graphs on a GPU)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "auto"  # auto = bfloat16 on a GPU, float32 on a CPU; or float32 | bfloat16 | float16
+int8 = False  # weight-only int8 linear layers (quantize.py): a quarter of fp32's weight bytes per token
 
 
 # ----------------------------------------------------------------------------- the distribution we draw from
@@ -329,6 +330,9 @@ def main(argv):
         raise InputError(f"num_samples={num_samples} must be at least 1")
     ptdtype = (torch.bfloat16 if "cuda" in device else torch.float32) if dtype == "auto" else getattr(torch, dtype)
     model, tok = checkpoint.load_model(init_from, device, ptdtype, tokenizer=tokenizer, need_tokenizer=True)
+    if int8:
+        import quantize
+        quantize.int8(model)
     draft = None
     if assistant_model:  # its own tokenizer, if it has one, must be the target's
         draft, draft_tok = checkpoint.load_model(assistant_model, device=device, dtype=ptdtype)

@@ -35,7 +35,7 @@ import torch
 
 from kernels.reference import (IGNORE_INDEX, attention_eager, cross_entropy_eager, rms_norm_eager,  # noqa: F401
                                rope_eager)
-from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, attention_sdpa
+from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, attention_sdpa, rotate
 
 BACKENDS = ("auto", "triton", "sdpa", "eager")
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what "auto" sends to the norm/RoPE kernels
@@ -183,8 +183,8 @@ def rms_norm(x, weight, eps, backend="auto"):
                                and _triton_ok("rms_norm", x.dtype, x.device, (x.shape[-1], weight.dtype))):
         from kernels import rmsnorm
         return rmsnorm.rms_norm(x, weight, eps)
-    if backend == "eager" or torch.compiler.is_compiling():
-        return rms_norm_eager(x, weight, eps)
+    if backend == "eager" or torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        return rms_norm_eager(x, weight, eps)  # the same values; without autograd, fewer ops than the Function
     return RMSNormTorch.apply(x, weight, eps)
 
 
@@ -199,6 +199,8 @@ def apply_rope(q, k, cos, sin, backend="auto"):
         return rope.apply_rope(q, k, cos, sin)
     if backend == "eager" or torch.compiler.is_compiling():
         return rope_eager(q, cos, sin), rope_eager(k, cos, sin)
+    if not torch.is_grad_enabled():  # the Function's forward, without the autograd bookkeeping
+        return rotate(q, cos, sin), rotate(k, cos, sin)
     return RoPETorch.apply(q, cos, sin), RoPETorch.apply(k, cos, sin)
 
 

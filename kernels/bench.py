@@ -1,7 +1,8 @@
 """
-Kernel timings, beside the kernels (as the Triton tutorials keep theirs): each op of kernels/ against the paths it
-replaces, through the switch in kernels/__init__.py. End-to-end comparisons (training, decoding, finetuning)
-against other implementations are in the top-level bench.py.
+Kernel timings and errors, beside the kernels (as the Triton tutorials keep theirs): each op of kernels/ against
+the paths it replaces, through the switch in kernels/__init__.py. Each measurement returns rows (dicts) that the
+command line prints and `python bench.py gpu` puts in its report. End-to-end comparisons (training, decoding,
+finetuning) against other implementations are in the top-level bench.py.
 
     python -m kernels.bench             GPU: Triton attention / decode / RMSNorm / RoPE vs SDPA's backends and eager
     python -m kernels.bench --quick     the same on fewer shapes
@@ -9,9 +10,11 @@ against other implementations are in the top-level bench.py.
                                         eager code and nanoGPT's ops (F.cross_entropy, F.layer_norm)
 
 FLOPs of attention: forward 4 * B * Hq * Tq * Tk * D, halved when causal, backward 2.5 x forward (FlashAttention-2's
-convention), GQA counted by query heads. Numbers are printed, never asserted.
+convention), GQA counted by query heads. Numbers are printed, never asserted. On a CPU (the interpreter) the same
+code runs on tiny shapes, for the code path, not the numbers.
 """
 import sys
+import time
 
 import torch
 
@@ -20,13 +23,22 @@ import kernels
 # ----------------------------------------------------------------------------- helpers
 
 
-def _time_ms(fn, grad_to_none=None):
-    """Median milliseconds of fn() on the GPU (triton's do_bench: warm-up, L2 flush, CUDA events)."""
-    from triton.testing import do_bench
-    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+def time_ms(fn, grad_to_none=None):
+    """Median milliseconds of fn(): triton's do_bench on a GPU (warm-up, L2 flush, CUDA events); elsewhere the
+    median of three timed calls after one."""
+    if torch.cuda.is_available():
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+    fn()
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[1] * 1e3
 
 
-def _try(fn):
+def attempt(fn):
     """Runs a timing; a backend that cannot take the shape or runs out of memory gives None."""
     try:
         return fn()
@@ -36,21 +48,22 @@ def _try(fn):
         return None
 
 
-def _fmt(x, width=8, digits=0):
-    return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
-
-
-def _copy_gbps():
-    """Practical bandwidth roofline: a large device-to-device copy (reads + writes, in GB/s)."""
-    x = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+def copy_gbps(device):
+    """The practical bandwidth roofline: GB/s a large device-to-device copy moves (reads + writes)."""
+    x = torch.empty((256 if device == "cuda" else 16) * 2**20, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
-    return 2 * x.numel() / (_time_ms(lambda: y.copy_(x)) * 1e-3) / 1e9
+    return 2 * x.numel() / (time_ms(lambda: y.copy_(x)) * 1e-3) / 1e9
 
 
-# ----------------------------------------------------------------------------- attention
+def table(rows, cols, title):
+    """rows as a markdown table (the keys in cols; None as -)."""
+    fmt = lambda v: "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return "\n".join([f"\n{title}", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows])
+
 
 def _sdpa_backends():
-    """(name, context manager factory) for each SDPA backend this torch build has."""
+    """(name, context manager factory) for each SDPA backend this torch build has (GPU only)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     names = [("flash", "FLASH_ATTENTION"), ("cudnn", "CUDNN_ATTENTION"), ("efficient", "EFFICIENT_ATTENTION")]
     return [(n, lambda b=getattr(SDPBackend, attr): sdpa_kernel(b)) for n, attr in names
@@ -73,152 +86,212 @@ def _sdpa_fn(ctx, q, k, v, causal):
     return run
 
 
-def bench_attention(quick):
-    dtype = torch.bfloat16
-    seqlens = [1024, 4096] if quick else [512, 1024, 2048, 4096, 8192, 16384]
-    # B * T = 16k tokens, as FlashAttention-2's benchmarks; OpenELM: head_dim 64 with 4 query heads per kv head,
-    # LLaMA-7B: 32 heads of 128
-    shapes = [("openelm d64 gqa4", 32, 8, 64), ("llama7b d128", 32, 32, 128)]
-    backends = _sdpa_backends()
-    cols = ["triton"] + [f"sdpa-{n}" for n, _ in backends] + ["eager"]
-    print(f"\nattention, {dtype}, TFLOP/s (B*T = 16k tokens; ratio = triton / best SDPA)")
-    print(f"{'shape':<18}{'T':>6} {'mask':<7}{'pass':<5}" + "".join(f"{c:>15}" for c in cols) + f"{'ratio':>8}")
+def _rand(*shape, dtype, device, grad=False, gen=None):
+    return torch.randn(shape, generator=gen, device=device).to(dtype).requires_grad_(grad)
+
+
+# ----------------------------------------------------------------------------- speed
+
+def attention_speed(shapes, seqlens, dtype, device, tokens=16384, deadline=float("inf")):
+    """TFLOP/s of attention forward and backward: Triton against each SDPA backend and eager, B * T = tokens.
+    shapes: [(name, Hq, Hkv, D)]. ratio = Triton / the best SDPA backend."""
+    backends = _sdpa_backends() if device == "cuda" else [("math", lambda: torch.nn.attention.sdpa_kernel(
+        torch.nn.attention.SDPBackend.MATH))]
+    rows = []
     for name, Hq, Hkv, D in shapes:
         for T in seqlens:
-            B = max(1, 16384 // T)
-            q = torch.randn(B, Hq, T, D, device="cuda", dtype=dtype, requires_grad=True)
-            k = torch.randn(B, Hkv, T, D, device="cuda", dtype=dtype, requires_grad=True)
-            v = torch.randn(B, Hkv, T, D, device="cuda", dtype=dtype, requires_grad=True)
-            do = torch.randn(B, Hq, T, D, device="cuda", dtype=dtype)
+            if time.time() > deadline:
+                return rows
+            B = max(1, tokens // T)
+            q = _rand(B, Hq, T, D, dtype=dtype, device=device, grad=True)
+            k = _rand(B, Hkv, T, D, dtype=dtype, device=device, grad=True)
+            v = _rand(B, Hkv, T, D, dtype=dtype, device=device, grad=True)
+            do = _rand(B, Hq, T, D, dtype=dtype, device=device)
             for causal in (True, False):
                 flops = 4 * B * Hq * T * T * D / (2 if causal else 1)
-                fns = [lambda: kernels.attention(q, k, v, causal, backend="triton")]
-                fns += [_sdpa_fn(ctx, q, k, v, causal) for _, ctx in backends]
-                # eager materializes (B, Hq, T, T) fp32 scores several times over: skip where that OOMs
-                fits = B * Hq * T * T * 4 * 4 < 0.5 * torch.cuda.get_device_properties(0).total_memory
-                fns.append((lambda: kernels.attention(q, k, v, causal, backend="eager")) if fits else None)
+                fns = {"triton": lambda: kernels.attention(q, k, v, causal, backend="triton")}
+                fns.update({f"sdpa-{n}": _sdpa_fn(ctx, q, k, v, causal) for n, ctx in backends})
+                # eager materializes (B, Hq, T, T) fp32 scores several times over: skipped where that would not fit
+                free = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else 2**31
+                if B * Hq * T * T * 4 * 4 < 0.5 * free:
+                    fns["eager"] = lambda: kernels.attention(q, k, v, causal, backend="eager")
                 for pas in ("fwd", "bwd"):
-                    tflops = []
-                    for fn in fns:
-                        if fn is None:
-                            tflops.append(None)
-                            continue
+                    row = {"shape": name, "T": T, "mask": "causal" if causal else "full", "pass": pas}
+                    for col, fn in fns.items():
                         if pas == "fwd":
                             with torch.no_grad():
-                                ms = _try(lambda: _time_ms(fn))
-                            work = flops
+                                ms = attempt(lambda: time_ms(fn))
                         else:
-                            out = _try(fn)
-                            ms = None if out is None else _try(lambda: _time_ms(
+                            out = attempt(fn)
+                            ms = None if out is None else attempt(lambda: time_ms(
                                 lambda: out.backward(do, retain_graph=True), grad_to_none=[q, k, v]))
                             del out
-                            work = 2.5 * flops
-                        tflops.append(None if ms is None else work / (ms * 1e-3) / 1e12)
-                    sdpa = [t for t in tflops[1:-1] if t is not None]
-                    ratio = tflops[0] / max(sdpa) if sdpa and tflops[0] else None
-                    print(f"{name:<18}{T:>6} {'causal' if causal else 'full':<7}{pas:<5}"
-                          + "".join(_fmt(t, 15) for t in tflops) + _fmt(ratio, 8, 2), flush=True)
+                        row[col] = None if ms is None else flops * (1 if pas == "fwd" else 2.5) / (ms * 1e-3) / 1e12
+                    sdpa = [t for c, t in row.items() if c.startswith("sdpa-") and t is not None]
+                    row["ratio"] = row["triton"] / max(sdpa) if sdpa and row["triton"] else None
+                    rows.append(row)
             del q, k, v, do
-            torch.cuda.empty_cache()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return rows
 
 
-def bench_decode(quick):
-    """One new token per sequence against a long KV cache (Llama-2-70B's heads: 32 q / 8 kv heads, d128)."""
-    dtype = torch.bfloat16
-    lengths = [4096, 65536] if quick else [4096, 8192, 16384, 32768, 65536]
-    print(f"\ndecode (Tq = 1), {dtype}, Hq 32 / Hkv 8, d128: microseconds and KV-cache GB/s")
-    print(f"{'B':>3}{'Tk':>7}{'triton us':>11}{'sdpa us':>10}{'triton GB/s':>13}{'sdpa GB/s':>11}{'ratio':>8}")
-    for B in (1, 8):
+def decode_speed(lengths, batches, dtype, device, heads=(32, 8, 128), deadline=float("inf")):
+    """One new token per sequence against a long KV cache (Llama-2-70B's heads: 32 q / 8 kv heads, d128):
+    microseconds and GB/s of KV cache read, Triton's split-KV decode against SDPA; ratio > 1: Triton faster."""
+    Hq, Hkv, D = heads
+    rows = []
+    for B in batches:
         for Tk in lengths:
-            q = torch.randn(B, 32, 1, 128, device="cuda", dtype=dtype)
-            k = torch.randn(B, 8, Tk, 128, device="cuda", dtype=dtype)
-            v = torch.randn_like(k)
+            if time.time() > deadline:
+                return rows
+            q, k, v = (_rand(B, h, t, D, dtype=dtype, device=device) for h, t in ((Hq, 1), (Hkv, Tk), (Hkv, Tk)))
             kv_bytes = 2 * k.numel() * k.element_size()
             with torch.no_grad():
-                tri = _try(lambda: _time_ms(lambda: kernels.attention(q, k, v, backend="triton")))
-                ref = _try(lambda: _time_ms(lambda: kernels.attention(q, k, v, backend="sdpa")))
+                tri = attempt(lambda: time_ms(lambda: kernels.attention(q, k, v, backend="triton")))
+                ref = attempt(lambda: time_ms(lambda: kernels.attention(q, k, v, backend="sdpa")))
             gbps = [None if t is None else kv_bytes / (t * 1e-3) / 1e9 for t in (tri, ref)]
-            ratio = ref / tri if tri and ref else None  # > 1: triton is faster
-            print(f"{B:>3}{Tk:>7}" + _fmt(tri and tri * 1e3, 11) + _fmt(ref and ref * 1e3, 10)
-                  + _fmt(gbps[0], 13) + _fmt(gbps[1], 11) + _fmt(ratio, 8, 2), flush=True)
-            del q, k, v
-            torch.cuda.empty_cache()
+            rows.append({"B": B, "Tk": Tk, "triton us": tri and tri * 1e3, "sdpa us": ref and ref * 1e3,
+                         "triton GB/s": gbps[0], "sdpa GB/s": gbps[1], "ratio": ref / tri if tri and ref else None})
+    return rows
 
 
-# ----------------------------------------------------------------------------- RMSNorm, RoPE
-
-def bench_rmsnorm(quick, roofline):
-    dtype = torch.bfloat16
-    # model norms of OpenELM-270M (1280), OpenLLaMA-3B (3200), LLaMA-7B (4096); QK-norm over head_dim 64
-    shapes = [(16384, 4096), (16384 * 16, 64)] if quick else \
-        [(16384, 1280), (16384, 3200), (16384, 4096), (16384 * 16, 64)]
-    print(f"\nRMSNorm, {dtype}, GB/s (copy roofline {roofline:.0f} GB/s)")
-    print(f"{'rows x D':>14}{'pass':>6}{'triton':>9}{'eager':>9}{'% roof':>8}{'speedup':>9}")
+def norm_speed(shapes, dtype, device, roofline, deadline=float("inf")):
+    """RMSNorm forward and backward GB/s, Triton against eager, and Triton's share of the copy roofline.
+    shapes: [(rows, D)], the model norms' widths and QK-norm's head_dim."""
+    rows = []
     for N, D in shapes:
-        x = torch.randn(N, D, device="cuda", dtype=dtype, requires_grad=True)
-        w = torch.ones(D, device="cuda", dtype=dtype, requires_grad=True)
-        dy = torch.randn_like(x)
-        nbytes = x.numel() * x.element_size()
+        if time.time() > deadline:
+            return rows
+        x, w = _rand(N, D, dtype=dtype, device=device, grad=True), torch.ones(D, device=device, dtype=dtype, requires_grad=True)
+        dy, nbytes = torch.randn_like(x), x.numel() * x.element_size()
         for pas, traffic in (("fwd", 2 * nbytes), ("bwd", 3 * nbytes)):  # x in, y out / x, dy in, dx out
-            res = []
+            row = {"rows x D": f"{N}x{D}", "pass": pas}
             for backend in ("triton", "eager"):
                 if pas == "fwd":
                     with torch.no_grad():
-                        ms = _time_ms(lambda: kernels.rms_norm(x, w, 1e-6, backend=backend))
+                        ms = time_ms(lambda: kernels.rms_norm(x, w, 1e-6, backend=backend))
                 else:
                     y = kernels.rms_norm(x, w, 1e-6, backend=backend)
-                    ms = _time_ms(lambda: y.backward(dy, retain_graph=True), grad_to_none=[x, w])
-                res.append(traffic / (ms * 1e-3) / 1e9)
-            print(f"{f'{N}x{D}':>14}{pas:>6}" + _fmt(res[0], 9) + _fmt(res[1], 9)
-                  + _fmt(100 * res[0] / roofline, 8) + _fmt(res[0] / res[1], 9, 2), flush=True)
+                    ms = time_ms(lambda: y.backward(dy, retain_graph=True), grad_to_none=[x, w])
+                row[backend] = traffic / (ms * 1e-3) / 1e9
+            row.update({"% roofline": 100 * row["triton"] / roofline, "speedup": row["triton"] / row["eager"]})
+            rows.append(row)
+    return rows
 
 
-def bench_rope(quick, roofline):
-    dtype = torch.bfloat16
-    shapes = [("openelm", 8, 2048, 16, 4, 64), ("llama7b", 4, 2048, 32, 32, 128)]
-    print(f"\nRoPE (q and k), {dtype}, GB/s (copy roofline {roofline:.0f} GB/s)")
-    print(f"{'shape':>10}{'pass':>6}{'triton':>9}{'eager':>9}{'% roof':>8}{'speedup':>9}")
-    for name, B, T, Hq, Hkv, D in shapes[:1] if quick else shapes:
-        q = torch.randn(B, T, Hq, D, device="cuda", dtype=dtype, requires_grad=True)
-        k = torch.randn(B, T, Hkv, D, device="cuda", dtype=dtype, requires_grad=True)
-        angle = torch.arange(T, device="cuda")[None, :, None] * torch.rand(D // 2, device="cuda")
+def rope_speed(shapes, dtype, device, roofline, deadline=float("inf")):
+    """RoPE on q and k, forward and backward GB/s, Triton against eager. shapes: [(name, B, T, Hq, Hkv, D)]."""
+    rows = []
+    for name, B, T, Hq, Hkv, D in shapes:
+        if time.time() > deadline:
+            return rows
+        q, k = _rand(B, T, Hq, D, dtype=dtype, device=device, grad=True), _rand(B, T, Hkv, D, dtype=dtype, device=device, grad=True)
+        angle = torch.arange(T, device=device)[None, :, None] * torch.rand(D // 2, device=device)
         cos, sin = angle.cos(), angle.sin()
         traffic = 2 * (q.numel() + k.numel()) * q.element_size()  # read and write q and k
         for pas in ("fwd", "bwd"):
-            res = []
+            row = {"shape": name, "pass": pas}
             for backend in ("triton", "eager"):
                 if pas == "fwd":
                     with torch.no_grad():
-                        ms = _time_ms(lambda: kernels.apply_rope(q, k, cos, sin, backend=backend))
+                        ms = time_ms(lambda: kernels.apply_rope(q, k, cos, sin, backend=backend))
                 else:
                     out = kernels.apply_rope(q, k, cos, sin, backend=backend)
                     grads = [torch.randn_like(t) for t in out]
-                    ms = _time_ms(lambda: torch.autograd.backward(out, grads, retain_graph=True),
-                                  grad_to_none=[q, k])
-                res.append(traffic / (ms * 1e-3) / 1e9)
-            print(f"{name:>10}{pas:>6}" + _fmt(res[0], 9) + _fmt(res[1], 9) + _fmt(100 * res[0] / roofline, 8)
-                  + _fmt(res[0] / res[1], 9, 2), flush=True)
+                    ms = time_ms(lambda: torch.autograd.backward(out, grads, retain_graph=True), grad_to_none=[q, k])
+                row[backend] = traffic / (ms * 1e-3) / 1e9
+            row.update({"% roofline": 100 * row["triton"] / roofline, "speedup": row["triton"] / row["eager"]})
+            rows.append(row)
+    return rows
 
+
+# ----------------------------------------------------------------------------- errors
+
+def _err(got, want):
+    return ((got.double() - want).abs().max() / want.abs().max().clamp(min=1)).item() if want.numel() else 0.0
+
+
+def attention_errors(cases, dtype, device, deadline=float("inf")):
+    """Triton's attention error against a float64 reference on the same (rounded) inputs, beside SDPA's own
+    error on them: the output and the three input gradients, each as max |x - ref| / max(1, max |ref|), the
+    largest reported. A Tq == 1 case without gradients takes the split-KV decode path. Triton passes when its
+    error is within 2x SDPA's. cases: [(name, B, Hq, Hkv, Tq, Tk, D, causal)]."""
+    rows, gen = [], torch.Generator(device=device).manual_seed(0)
+    for name, B, Hq, Hkv, Tq, Tk, D, causal in cases:
+        if time.time() > deadline:
+            return rows
+        ins = [_rand(B, h, t, D, dtype=dtype, device=device, gen=gen) for h, t in ((Hq, Tq), (Hkv, Tk), (Hkv, Tk))]
+        do = _rand(B, Hq, Tq, D, dtype=dtype, device=device, gen=gen)
+        grads = Tq > 1
+
+        def run(backend, cast):
+            leaves = [cast(t).requires_grad_(grads) for t in ins]
+            with torch.set_grad_enabled(grads):
+                out = kernels.attention(*leaves, causal=causal, backend=backend)
+            return [out, *torch.autograd.grad(out, leaves, cast(do))] if grads else [out]
+
+        ref = run("eager", lambda t: t.double())
+        errs = {b: max(_err(g, r) for g, r in zip(run(b, lambda t: t.clone()), ref)) for b in ("triton", "sdpa")}
+        rows.append({"case": name, "dtype": str(dtype)[6:], "Tq": Tq, "Tk": Tk, "causal": causal,
+                     "path": "decode" if not grads else "fwd+bwd", "triton err": errs["triton"],
+                     "sdpa err": errs["sdpa"], "ok": errs["triton"] <= 2 * errs["sdpa"] + 1e-6})
+        del ins, ref
+    return rows
+
+
+def norm_rope_errors(widths, head_dims, dtype, device):
+    """RMSNorm (the model norm's widths, and QK-norm over head_dim on a strided slice of a fused projection) and
+    RoPE: Triton's error against float64 beside the eager path's (rms_norm_eager / rope_eager in dtype)."""
+    rows, gen = [], torch.Generator(device=device).manual_seed(1)
+    for kind, D in [("norm", w) for w in widths] + [("qk-norm", d) for d in head_dims] + [("rope", d) for d in head_dims]:
+        if kind == "rope":
+            q, k = _rand(2, 64, 8, D, dtype=dtype, device=device, gen=gen), _rand(2, 64, 2, D, dtype=dtype, device=device, gen=gen)
+            angle = 100 * torch.rand(1, 64, D // 2, generator=gen, device=device)
+            cos, sin = angle.cos(), angle.sin()
+            ref = kernels.apply_rope(q.double(), k.double(), cos.double(), sin.double(), backend="eager")
+            got = {b: kernels.apply_rope(q, k, cos, sin, backend=b) for b in ("triton", "eager")}
+        else:
+            x = _rand(2, 64, 12 if kind == "qk-norm" else 1, D, dtype=dtype, device=device, gen=gen)[:, :, :8]
+            w = 1 + 0.3 * torch.randn(D, generator=gen, device=device)
+            ref = [kernels.rms_norm(x.double(), w.double(), 1e-6, backend="eager")]
+            got = {b: [kernels.rms_norm(x, w.to(dtype), 1e-6, backend=b)] for b in ("triton", "eager")}
+        errs = {b: max(_err(g, r) for g, r in zip(got[b], ref)) for b in got}
+        rows.append({"op": kind, "D": D, "dtype": str(dtype)[6:], "triton err": errs["triton"],
+                     "eager err": errs["eager"], "ok": errs["triton"] <= 2 * errs["eager"] + 1e-6})
+    return rows
+
+
+# ----------------------------------------------------------------------------- the GPU tables
 
 def bench_kernels(args):
     quick = "--quick" in args
     if not torch.cuda.is_available():
-        print("bench.py kernels: needs a CUDA GPU (none found here); nothing was timed")
+        print("python -m kernels.bench: needs a CUDA GPU (none found here); nothing was timed")
         return
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        print("bench.py kernels: needs triton (pip install triton); nothing was timed")
-        return
-    props = torch.cuda.get_device_properties(0)
+    import triton
+    props, bf16 = torch.cuda.get_device_properties(0), torch.bfloat16
     print(f"{props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}, "
           f"triton {triton.__version__}{', quick' if quick else ''}")
-    roofline = _copy_gbps()
-    bench_attention(quick)
-    bench_decode(quick)
-    bench_rmsnorm(quick, roofline)
-    bench_rope(quick, roofline)
-
+    roofline = copy_gbps("cuda")
+    # B * T = 16k tokens, as FlashAttention-2's benchmarks; OpenELM: head_dim 64 with 4 query heads per kv head,
+    # LLaMA-7B: 32 heads of 128
+    shapes = [("openelm d64 gqa4", 32, 8, 64), ("llama7b d128", 32, 32, 128)]
+    seqlens = [1024, 4096] if quick else [512, 1024, 2048, 4096, 8192, 16384]
+    backends = ["triton"] + [f"sdpa-{n}" for n, _ in _sdpa_backends()] + ["eager"]
+    print(table(attention_speed(shapes, seqlens, bf16, "cuda"), ["shape", "T", "mask", "pass", *backends, "ratio"],
+                "attention, bf16, TFLOP/s (ratio = triton / best SDPA)"))
+    print(table(decode_speed([4096, 65536] if quick else [4096, 8192, 16384, 32768, 65536], (1, 8), bf16, "cuda"),
+                ["B", "Tk", "triton us", "sdpa us", "triton GB/s", "sdpa GB/s", "ratio"],
+                "decode (Tq = 1), bf16, Hq 32 / Hkv 8, d128"))
+    # model norms of OpenELM-270M (1280), OpenLLaMA-3B (3200), LLaMA-7B (4096); QK-norm over head_dim 64
+    norms = [(16384, 4096), (16384 * 16, 64)] if quick else [(16384, 1280), (16384, 3200), (16384, 4096), (16384 * 16, 64)]
+    cols = ["triton", "eager", "% roofline", "speedup"]
+    print(table(norm_speed(norms, bf16, "cuda", roofline), ["rows x D", "pass", *cols],
+                f"RMSNorm, bf16, GB/s (copy roofline {roofline:.0f} GB/s)"))
+    ropes = [("openelm", 8, 2048, 16, 4, 64), ("llama7b", 4, 2048, 32, 32, 128)]
+    print(table(rope_speed(ropes[:1] if quick else ropes, bf16, "cuda", roofline), ["shape", "pass", *cols],
+                f"RoPE (q and k), bf16, GB/s (copy roofline {roofline:.0f} GB/s)"))
 
 
 # ----------------------------------------------------------------------------- CPU ops
@@ -277,7 +350,6 @@ def bench_ops(B=8, T=256, V=8192):
     print("| op | implementation | ms |\n|---|---|---|")
     for (op, impl), sec in secs.items():
         print(f"| {op} | {impl} | {sec * 1e3:.2f} |")
-
 
 
 if __name__ == "__main__":

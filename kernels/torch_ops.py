@@ -49,7 +49,7 @@ class RMSNormTorch(torch.autograd.Function):
         return dx.to(x.dtype), None if dw is None else dw.to(weight.dtype), None
 
 
-def _rotate(x, cos, sin):
+def rotate(x, cos, sin):
     """rope_eager's values, bit for bit, with one full-size output and no cat."""
     d = x.shape[-1] // 2
     xf = x.to(_acc(x.dtype))
@@ -66,12 +66,12 @@ class RoPETorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cos, sin):
         ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
+        return rotate(x, cos, sin)
 
     @staticmethod
     def backward(ctx, dy):
         cos, sin = ctx.saved_tensors
-        return _rotate(dy, cos, -sin), None, None
+        return rotate(dy, cos, -sin), None, None
 
 
 class CrossEntropy(torch.autograd.Function):

@@ -7,7 +7,7 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BESIDE = {"configurator", "files"}  # used by every layer, importing nothing of ours but each other
 LAYERS = {  # 0 kernels, 1 the model, 2 the libraries, 3 the scripts
-    "model": 1, "tokenizer": 2, "data": 2, "checkpoint": 2, "hf": 2, "lora": 2,
+    "model": 1, "tokenizer": 2, "data": 2, "checkpoint": 2, "hf": 2, "lora": 2, "quantize": 2,
     "train": 3, "sample": 3, "eval": 3, "prepare": 3, "bench": 3, "export": 3, "weight_diff": 3,
     "kernels.bench": 3, "kernels.compile_check": 3,
 }

@@ -31,7 +31,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
 needs_triton = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
                                   reason="the Triton kernels need CUDA or TRITON_INTERPRET=1")
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+gpu = pytest.mark.gpu  # skipped without CUDA (conftest.py); `pytest -m gpu` runs just these on a GPU
 interpreter_only = pytest.mark.skipif(not INTERPRET, reason="fixed block sizes exist only in the interpreter")
 
 f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
