@@ -56,9 +56,10 @@ INTERPRET_BLOCKS = {"fwd": (32, 16), "dq": (32, 16), "dkdv": (16, 32), "decode":
 
 @triton.jit
 def _query_block(Hq, Tq, GROUP, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                 BLOCK_M: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Which BLOCK_M query rows of which (batch, query head) this program of the forward or the dq kernel
-    owns, and the kv head they read. Returns (pid_bh, b, h, hk, m0, rows, q_mask)."""
+    owns, the kv head they read, and the offsets and masks of their tiles.
+    Returns (pid_bh, b, h, hk, m0, rows, offs_n, offs_d, mask_d, q_mask)."""
     pid_m = tl.program_id(0)
     if CAUSAL:  # causal blocks near the bottom do the most work: launch them first
         pid_m = tl.num_programs(0) - 1 - pid_m
@@ -68,8 +69,10 @@ def _query_block(Hq, Tq, GROUP, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, C
     hk = h // GROUP  # GQA: query head h reads kv head h // GROUP, never a repeated copy
     m0 = pid_m * BLOCK_M
     rows = m0 + tl.arange(0, BLOCK_M)
-    mask_d = tl.arange(0, BLOCK_D) < HEAD_DIM  # folds away when BLOCK_D == HEAD_DIM
-    return pid_bh, b, h, hk, m0, rows, (rows[:, None] < Tq) & mask_d[None, :]
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM  # folds away when BLOCK_D == HEAD_DIM
+    return pid_bh, b, h, hk, m0, rows, offs_n, offs_d, mask_d, (rows[:, None] < Tq) & mask_d[None, :]
 
 
 @triton.jit
@@ -90,14 +93,11 @@ def _key_blocks(m0, Tq, Tk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N
 
 
 @triton.jit
-def _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, start, end, rows, Tk, shift, qk_scale,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+def _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, start, end, rows, offs_n, offs_d, mask_d,
+               Tk, shift, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+               DOT_PREC: tl.constexpr):
     """Online softmax over key blocks [start, end). MASKED blocks may hold keys past Tk or, if causal,
     keys above the diagonal; unmasked blocks are fully visible to every row, and skip the where()."""
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < HEAD_DIM
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + offs_n
         kv_mask = (cols[:, None] < Tk) & mask_d[None, :]
@@ -129,8 +129,8 @@ def _fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, so
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                 DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # Q_BUCKET, K_BUCKET are unused here: they only key the autotuner on the rough sequence lengths
-    pid_bh, b, h, hk, m0, rows, q_mask = _query_block(Hq, Tq, GROUP, HEAD_DIM, BLOCK_D, CAUSAL, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    pid_bh, b, h, hk, m0, rows, offs_n, offs_d, mask_d, q_mask = _query_block(
+        Hq, Tq, GROUP, HEAD_DIM, BLOCK_D, CAUSAL, BLOCK_M, BLOCK_N)
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0)
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
@@ -138,10 +138,10 @@ def _fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, so
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     shift, full_end, hi = _key_blocks(m0, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, 0, full_end, rows, Tk, shift,
-                               qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PREC)
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, full_end, hi, rows, Tk, shift,
-                               qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PREC)
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, 0, full_end, rows, offs_n,
+                               offs_d, mask_d, Tk, shift, qk_scale, False, CAUSAL, BLOCK_N, DOT_PREC)
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, skt, svt, full_end, hi, rows, offs_n,
+                               offs_d, mask_d, Tk, shift, qk_scale, True, CAUSAL, BLOCK_N, DOT_PREC)
 
     # l_i == 0 only for a row that sees no key (causal, Tq > Tk): output 0 and lse = +inf
     empty = l_i == 0.0
@@ -172,12 +172,9 @@ def _bwd_delta_kernel(O, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, Hq, Tq,
 
 
 @triton.jit
-def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, start, end, rows, Tk, shift, qk_scale,
-                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, start, end, rows, offs_n, offs_d,
+                  mask_d, Tk, shift, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
                   BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < HEAD_DIM
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + offs_n
         kv_mask = (cols[:, None] < Tk) & mask_d[None, :]
@@ -203,8 +200,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqt, skb, skh, skt, sv
                    CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dq for one block of query rows of one head: the forward's key loop, replayed."""
-    pid_bh, b, h, hk, m0, rows, q_mask = _query_block(Hq, Tq, GROUP, HEAD_DIM, BLOCK_D, CAUSAL, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    pid_bh, b, h, hk, m0, rows, offs_n, offs_d, mask_d, q_mask = _query_block(
+        Hq, Tq, GROUP, HEAD_DIM, BLOCK_D, CAUSAL, BLOCK_M, BLOCK_N)
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0)
     do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :], mask=q_mask, other=0.0)
     # rows past Tq load lse = +inf, so their probabilities, and everything downstream, are exactly 0
@@ -214,10 +211,10 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqt, skb, skh, skt, sv
     v_base = V + b * svb + hk * svh
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     shift, full_end, hi = _key_blocks(m0, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, 0, full_end, rows, Tk, shift,
-                       qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PREC)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, full_end, hi, rows, Tk, shift,
-                       qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PREC)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, 0, full_end, rows, offs_n,
+                       offs_d, mask_d, Tk, shift, qk_scale, False, CAUSAL, BLOCK_N, DOT_PREC)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, skt, svt, full_end, hi, rows, offs_n,
+                       offs_d, mask_d, Tk, shift, qk_scale, True, CAUSAL, BLOCK_N, DOT_PREC)
     dq = dq * sm_scale  # d(q k^T * sm_scale)/dq; the log2(e) of qk_scale only lived inside exp2
     tl.store(DQ + b * sqgb + h * sqgh + rows[:, None] * sqgt + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=q_mask)
