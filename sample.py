@@ -15,6 +15,7 @@ p_{n+1}. Every emitted token is then distributed exactly as p. Prompt lookup is 
 deterministic proposer (q one-hot), and greedy decoding is the same rule with p one-hot, so a single
 accept() serves all four combinations and greedy output is token-for-token that of plain greedy decoding.
 """
+import contextlib
 import sys
 import time
 
@@ -22,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 import configurator
+import quantize
 from configurator import InputError
 from tokenizer import encode_chat
 
@@ -207,14 +209,19 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     out[:, :T] = idx
     sync = torch.cuda.synchronize if idx.is_cuda else (lambda: None)
     t0 = time.perf_counter()
-    if speculate:
-        L, proposed, accepted = _speculate(model, out, T, max_new_tokens, probs, seen, prompt_lookup_num_tokens,
-                                           max_matching_ngram_size, assistant_model, num_assistant_tokens,
-                                           eos, generator, callback)
-    else:
-        L = _decode(model, out, T, max_new_tokens, pick, seen, left_pad if attention_mask is not None else None,
-                    eos, callback, _step_fn(compile, idx.device.type))
-    sync()
+    with contextlib.ExitStack() as weights:  # on a CPU, fp32 weights packed for MKL while decoding (quantize.py)
+        if not compile:
+            for m in (model, assistant_model):
+                if m is not None:
+                    weights.enter_context(quantize.packed(m))
+        if speculate:
+            L, proposed, accepted = _speculate(model, out, T, max_new_tokens, probs, seen, prompt_lookup_num_tokens,
+                                               max_matching_ngram_size, assistant_model, num_assistant_tokens,
+                                               eos, generator, callback)
+        else:
+            L = _decode(model, out, T, max_new_tokens, pick, seen, left_pad if attention_mask is not None else None,
+                        eos, callback, _step_fn(compile, idx.device.type))
+        sync()
     dt = time.perf_counter() - t0
     if stats is not None:
         stats.update(new_tokens=B * (L - T), seconds=dt, tokens_per_s=B * (L - T) / dt)
