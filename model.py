@@ -256,15 +256,18 @@ class Transformer(nn.Module):
 
     def rope(self, pos):
         """cos, sin of shape (B or 1, T, head_dim/2) in fp32 for integer positions pos (B or 1, T): rows of a
-        table of every position below block_size, made on first use per device (the same values as computing
-        them per call; not a buffer, so meta-device models need none). Under torch.compile, computed in the graph."""
+        table of every position below block_size (or the cache's length, if longer), made on first use per device
+        (the same values as computing them per call; not a buffer, so meta-device models need none). Under
+        torch.compile, computed in the graph."""
         hd, table = self.config.dim_head, getattr(self, "_rope_table", None)
-        if torch.compiler.is_compiling() or table is None or table[0].device != pos.device:
+        cache = self.layers[0].attn.kv_cache
+        n = max(self.config.block_size, 0 if cache is None else cache.k.shape[2])  # a cache may outgrow block_size
+        if torch.compiler.is_compiling() or table is None or table[0].device != pos.device or len(table[0]) < n:
             inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, hd, 2, device=pos.device).float() / hd))
             if torch.compiler.is_compiling():
                 freqs = pos.float().unsqueeze(-1) * inv_freq
                 return freqs.cos(), freqs.sin()
-            freqs = torch.arange(self.config.block_size, device=pos.device).float().unsqueeze(-1) * inv_freq
+            freqs = torch.arange(n, device=pos.device).float().unsqueeze(-1) * inv_freq
             table = self._rope_table = (freqs.cos(), freqs.sin())
         return table[0][pos], table[1][pos]
 
