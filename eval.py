@@ -203,6 +203,23 @@ def task_names(spec):
     return names
 
 
+def read_text(path):
+    try:
+        return open(path, encoding="utf-8").read()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): write the file as UTF-8")
+
+
+def read_jsonl(path):
+    """(line number, parsed value) for each non-blank line of a JSONL file; a line that is not JSON is refused."""
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path} line {n} is not JSON ({e.msg}): one object per line")
+
+
 def read_docs(data_dir, name, split):
     path = os.path.join(data_dir, name, f"{split}.jsonl")
     if not os.path.isfile(path):
@@ -210,17 +227,7 @@ def read_docs(data_dir, name, split):
                          "--download=True` (needs `pip install datasets` and network), or write that file (one JSON "
                          "document per line, the public dataset's fields; see eval.py's docstring)")
     docs = []
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): write the file as UTF-8")
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {n} is not JSON ({e.msg}): one object per line")
+    for n, doc in read_jsonl(path):
         try:  # the fields the task's prompt reads, checked now rather than deep inside the scoring
             TASKS[name].fn(doc)
             doc["subject"] if name == "mmlu" else None
@@ -566,20 +573,10 @@ def text_perplexity(model, tok, path, max_len, batch=16, context_len=1):
     """Rolling perplexity of raw text: token perplexity plus the harness's word/byte perplexity and bits per byte."""
     if not os.path.isfile(path):
         raise InputError(f"text file {path} not found: give a .txt file or a .jsonl file with a 'text' field")
-    try:
-        raw = open(path, encoding="utf-8").read()
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): write the file as UTF-8")
-    docs = [raw]
+    docs = [read_text(path)]
     if path.endswith(".jsonl"):
         docs = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path} line {n} is not JSON ({e.msg}): one object per line")
+        for n, doc in read_jsonl(path):
             if not (isinstance(doc, dict) and isinstance(doc.get("text"), str)):
                 raise InputError(f"{path} line {n} has no 'text' string: each line is {{\"text\": ...}}")
             docs.append(doc["text"])

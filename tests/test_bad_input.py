@@ -211,6 +211,7 @@ def test_eval_refuses_bad_input(world, tmp_path):
     (tmp_path / "tasks" / "sciq").mkdir()
     (tmp_path / "tasks" / "sciq" / "test.jsonl").write_bytes(b"\xff\xfe\n")
     (tmp_path / "nolabel.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    (tmp_path / "notjson.jsonl").write_text(json.dumps({"text": "x"}) + "\n{text: y}\n")
     m = [f"--init_from={world['hf']}"]
     cases = [
         (m + ["--tasks=piqa", "--num_fewshot=-1"], "num_fewshot=-1 must be at least 0"),
@@ -234,6 +235,8 @@ def test_eval_refuses_bad_input(world, tmp_path):
     model = checkpoint.load_model(world["run"])[0]
     with pytest.raises(ValueError, match=r"nolabel.jsonl line 1 has no 'text' string"):
         ev.text_perplexity(model, None, str(tmp_path / "nolabel.jsonl"), 32)
+    with pytest.raises(ValueError, match=r"notjson.jsonl line 2 is not JSON"):
+        ev.text_perplexity(model, None, str(tmp_path / "notjson.jsonl"), 32)
     with pytest.raises(ValueError, match="holds no text to score"):
         ev.text_perplexity(model, None, str(world["root"] / "empty.txt"), 32)
 
