@@ -33,8 +33,6 @@ from model import ModelConfig, Transformer
 
 # ----------------------------------------------------------------------------- generation (sample.py)
 
-# HBM bandwidth in TB/s from the vendors' datasheets (H100 SXM5 3.35, H200 4.8, A100 80GB 2.04)
-HBM_TBPS = {"H100 PCIe": 2.0, "H100 NVL": 3.9, "H100": 3.35, "GH200": 4.0, "H200": 4.8, "A100": 2.04}
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -61,19 +59,6 @@ def _best_of(n, fn):
 
 # a 6-layer LLaMA of width 384 (14M parameters): batch-1 decoding reads every weight once per token
 DECODE = dict(vocab_size=8192, block_size=512, n_layer=6, n_embd=384, n_head=6, ffn_dim=1024)
-
-
-def copy_gbps(device="cpu", mb=256, n=5):
-    """The practical memory-bandwidth roofline: GB/s moved (read + write) by the best of n copies of a tensor."""
-    x = torch.ones(mb << 18, device=device)  # mb MB of fp32
-    y = torch.empty_like(x)
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        y.copy_(x)
-        torch.cuda.synchronize() if x.is_cuda else None
-        best = min(best, time.perf_counter() - t)
-    return 2 * x.numel() * 4 / best / 1e9
 
 
 def weight_bytes(model):
@@ -126,8 +111,7 @@ def bench_sample(args):
     """Batch-1 decoding speed on this machine's CPU: ours (as `python sample.py` runs it, with int8 weights, and
     compiled) against transformers' generate() and a minimal static-cache decoder written here, on the same
     weights, each also as a share of the memory-bandwidth roofline measured in the same run; prompt-lookup
-    speedup on code continuation; and on a GPU an OpenELM-1.1B-shaped model in bf16 with compile against the
-    roofline. Options: --quick, --init_from=PATH (a trained checkpoint for the prompt-lookup part; default
+    speedup on code continuation. (Decoding on a GPU is measured by `python bench.py gpu`.) Options: --quick, --init_from=PATH (a trained checkpoint for the prompt-lookup part; default
     out/llama_tiny if it exists), --new=N tokens, --threads=N."""
     import quantize
     import sample
@@ -170,7 +154,7 @@ def bench_sample(args):
         for k, fn in runs.items():
             outputs[k], seconds = fn()
             best[k] = min(best[k], seconds)
-    gbps = copy_gbps()
+    gbps = kbench.copy_gbps("cpu")
     ref = runs and best.get("transformers generate()")
     print(f"\nbatch-1 greedy decode, {ours.num_params() / 1e6:.1f}M-parameter LLaMA ({DECODE['n_layer']} layers x "
           f"{DECODE['n_embd']}), fp32, CPU, {prompt.shape[1]}-token prompt, {new} new tokens, best of {reps} "
@@ -218,34 +202,6 @@ def bench_sample(args):
         print(f"  plain {hm(plain_tps):.1f} tokens/s, prompt lookup {hm(pld_tps):.1f} tokens/s: "
               f"speedup {hm(pld_tps) / hm(plain_tps):.2f}x, {accepted}/{proposed} drafts accepted "
               f"({accepted / max(proposed, 1):.0%}), outputs {'identical' if same else 'DIFFER (bug)'}")
-
-    # 3. GPU: OpenELM-1.1B shape, bf16, batch 1, compiled decode step with CUDA graphs, against the roofline
-    if not torch.cuda.is_available():
-        print("\nGPU roofline (OpenELM-1.1B, bf16, compile): no CUDA device here; run `python bench.py decode` on one")
-        return
-    cfg = _config("elm_1_1b")
-    with torch.device("meta"):
-        big = Transformer(cfg)
-    big = big.to(torch.bfloat16).to_empty(device="cuda")
-    big.init_weights()
-    big.eval()
-    wbytes = weight_bytes(big)
-    name = torch.cuda.get_device_name()
-    tbps = next((v for k, v in HBM_TBPS.items() if k in name), None)
-    prompt = torch.randint(3, cfg.vocab_size, (1, 16), device="cuda")
-    n_new = 256 if quick else 512
-    print(f"\n{name}: OpenELM-1.1B shape ({big.num_params() / 1e9:.2f}B params, {wbytes / 1e9:.2f} GB bf16), "
-          f"batch 1, {n_new} new tokens")
-    for compile in (False, True):
-        st = {}
-        sample.generate(big, prompt, n_new, greedy=True, compile=compile)  # warm-up: compiles, records graphs
-        sample.generate(big, prompt, n_new, greedy=True, compile=compile, stats=st)
-        tps = st["tokens_per_s"]
-        gbps = tps * wbytes / 1e9
-        roof = f", {100 * gbps / (tbps * 1e3):.0f}% of the {tbps} TB/s roofline ({tbps * 1e12 / wbytes:.0f} tokens/s)" if tbps else ""
-        print(f"  {'compiled + CUDA graphs' if compile else 'eager':<24}{tps:8.1f} tokens/s, {gbps:6.0f} GB/s of weights{roof}")
-    print("  target: >= 60% of the roofline with compile")
-
 
 
 # ----------------------------------------------------------------------------- training (train.py)

@@ -50,7 +50,7 @@ def attempt(fn):
 
 def copy_gbps(device):
     """The practical bandwidth roofline: GB/s a large device-to-device copy moves (reads + writes)."""
-    x = torch.empty((256 if device == "cuda" else 16) * 2**20, dtype=torch.uint8, device=device)
+    x = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)  # 256 MB: beyond any last-level cache
     y = torch.empty_like(x)
     return 2 * x.numel() / (time_ms(lambda: y.copy_(x)) * 1e-3) / 1e9
 

@@ -1,0 +1,25 @@
+"""The reference implementations bench.py times ours against must compute what ours computes, or the ratios
+it prints compare different work."""
+import torch
+
+import bench
+import sample
+from conftest import TINY, TINY_ELM
+from model import ModelConfig, Transformer
+
+
+def test_minimal_decoder_generates_what_sample_generate_does():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**TINY)).eval()  # GQA 2, like the bench's LLaMA shape but smaller
+    prompt = torch.randint(3, TINY["vocab_size"], (1, 7))
+    ours = sample.generate(model, prompt, 20, greedy=True)
+    assert torch.equal(bench.minimal_generate(model, prompt, 20), ours)
+
+
+def test_weight_bytes_reads_one_embedding_row_unless_the_head_is_tied():
+    untied = Transformer(ModelConfig(**TINY))
+    every = sum(p.numel() * 4 for p in untied.parameters())
+    assert bench.weight_bytes(untied) == every - untied.tok_embeddings.weight.numel() * 4
+    tied = Transformer(ModelConfig(**TINY_ELM))
+    assert tied.config.tie_embeddings
+    assert bench.weight_bytes(tied) == sum(p.numel() * 4 for p in tied.parameters())
