@@ -36,7 +36,7 @@ import hf
 from configurator import InputError
 from files import atomic_write, read_json, write_json
 from model import ModelConfig, Transformer
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, fits
 
 # Frozen parameters are not saved: a LoRA run stores its adapters and their optimizer state, and names the
 # base it started from (train.json "lora_base"); a full run freezes nothing, so this changes nothing there.
@@ -309,7 +309,7 @@ def load_model(path, device="cpu", dtype=None, tokenizer="", need_tokenizer=Fals
         raise InputError(f"{path} holds no tokenizer (OpenELM ships none: it uses Llama-2's): pass "
                          "--tokenizer=path/to/tokenizer.model (or a prepared data dir)")
     V = model.config.vocab_size
-    if tok is not None and (tok.vocab_size > V or V - tok.vocab_size > 256):  # a model may pad its vocab a little
+    if tok is not None and not fits(tok.vocab_size, V):
         raise InputError(f"the tokenizer has {tok.vocab_size} tokens but {path} has {V}: they do not belong "
                          "together; pass --tokenizer=<the tokenizer it was trained with>")
     return model, tok

@@ -97,6 +97,7 @@ def configure(scope, argv, sources=None):
                                  f"top of {scope.get('__file__', 'the script')}")
             if isinstance(scope[k], str):  # a string setting takes the text as given: --name=123 is "123"
                 v = v[1:-1] if len(v) > 1 and v[0] == v[-1] and v[0] in "'\"" else v
+                v = os.path.expanduser(v) if v.startswith("~") else v  # the shell leaves the ~ of --out=~/x alone
             else:
                 try:
                     v = ast.literal_eval(v)
@@ -106,6 +107,22 @@ def configure(scope, argv, sources=None):
             if sources is not None:
                 sources[k] = arg
     return {k: scope[k] for k in sorted(keys)}
+
+
+DTYPES = ("float32", "bfloat16", "float16")  # what a dtype setting may name
+
+
+def torch_dtype(name, key="dtype", auto=None):
+    """The torch dtype that a setting names (one of DTYPES, or "auto" where the caller says what it means); a
+    torch.dtype passes through, anything else is refused in one line."""
+    import torch
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto" and auto is not None:
+        return auto
+    if name not in DTYPES:
+        raise InputError(f"{key}={name!r}: use {' or '.join((('auto',) if auto is not None else ()) + DTYPES)}")
+    return getattr(torch, name)
 
 
 def print_settings(config, file=sys.stdout):

@@ -598,7 +598,7 @@ def text_perplexity(model, tok, path, max_len, batch=16, context_len=1):
 def load(path, tokenizer_path="", device="cpu", dtype=None):
     """(model, tokenizer) through checkpoint.load_model, which checks that they belong together."""
     import checkpoint
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    dtype = configurator.torch_dtype(dtype) if dtype is not None else None
     return checkpoint.load_model(path, device=device, dtype=dtype, tokenizer=tokenizer_path, need_tokenizer=True)
 
 
@@ -683,9 +683,7 @@ def main(argv):
         return download_tasks(names or list(TASKS), data_dir)
     if not (names or ppl or text):
         raise InputError("nothing to evaluate: pass --tasks=arc_easy,..., --ppl=data/<name> or --text=file.txt")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise InputError(f"dtype={dtype!r}: use float32, bfloat16 or float16")
-    model, tok = load(init_from, tokenizer, device, dtype)
+    model, tok = load(init_from, tokenizer, device, configurator.torch_dtype(dtype))
     if int8:
         import quantize
         quantize.int8(model)

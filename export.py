@@ -8,7 +8,6 @@ The formats themselves are hf.py's (save_model writes LlamaForCausalLM or the Hu
 loads through checkpoint.load_model, so a run, a step folder, a LoRA run (merged), a Hugging Face or a Meta
 directory all work.
 """
-import os
 import sys
 
 import configurator
@@ -40,16 +39,15 @@ def main(argv):
     import hf
     if not init_from:
         raise InputError("give --init_from=<our run or checkpoint directory, or a Hugging Face / Meta directory>")
-    path = os.path.expanduser(init_from)  # the shell leaves the ~ of --init_from=~/... alone
+    out_dtype = configurator.torch_dtype(dtype) if dtype else None
     if out:
         check_output(out, "out", folder=True)  # before the (long) load
-    model, tok = checkpoint.load_model(path, tokenizer=os.path.expanduser(tokenizer))
+    model, tok = checkpoint.load_model(init_from, tokenizer=tokenizer)
     if out:
-        with sole_writer(os.path.expanduser(out), "out", keep_lock=False):
-            hf.save_model(model, os.path.expanduser(out), tokenizer=tok, dtype=dtype or None,
-                          max_shard_size=int(max_shard_gb * 2**30))
+        with sole_writer(out, "out", keep_lock=False):
+            hf.save_model(model, out, tokenizer=tok, dtype=out_dtype, max_shard_size=int(max_shard_gb * 2**30))
     else:
-        print(summary(path, model, tok))
+        print(summary(init_from, model, tok))
 
 
 if __name__ == "__main__":

@@ -36,13 +36,13 @@ def write_json(path, obj, indent=1):
     atomic_write(path, json.dumps(obj, indent=indent) + "\n")
 
 
-def read_json(path, fix):
-    """A JSON file one of our scripts wrote; a missing or damaged one is an InputError saying `fix`."""
+def read_json(path, fix, missing=None):
+    """A JSON file; a damaged one is an InputError saying `fix`, a missing one saying `missing` (or `fix`)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise InputError(f"{path} not found: {fix}")
+        raise InputError(f"{path} not found: {missing or fix}")
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
         raise InputError(f"{path} is damaged ({type(e).__name__}: {e}): {fix}")
 

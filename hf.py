@@ -26,10 +26,10 @@ import time
 import torch
 import torch.nn as nn
 
-from configurator import InputError
-from files import atomic_write, write_json
+from configurator import InputError, torch_dtype
+from files import atomic_write, read_json, write_json
 from model import ModelConfig, Transformer, per_layer
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, fits
 
 # One name map per format: our parameter -> the external tensors stacked by rows into it ({i}: layer index).
 OPENELM = {  # Apple's modeling_openelm.py on the Hub: already fused; proj_1 is [gate | up] (its OpenELMFeedForwardNetwork)
@@ -76,14 +76,8 @@ OPENELM_UNUSED = "transformer.classifier.weight"
 
 
 def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise InputError(f"{path} not found: give a Hugging Face model directory (config.json + weights) or a Meta "
-                         "one (params.json)")
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path} is not valid JSON ({e}): download it again")
+    return read_json(path, "download it again", missing="give a Hugging Face model directory (config.json + weights) "
+                     "or a Meta one (params.json)")
 
 
 def _meta_files(path):
@@ -319,7 +313,7 @@ def load_model(path, device="cpu", dtype=None):
             config = dataclasses.replace(config, tie_embeddings=True)
         tensors = ((f, k, v) for f in files for k, v in _read_file(f))
         dtype = dtype or cfg.get("torch_dtype") or cfg.get("dtype")  # the stored dtype, unless asked otherwise
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    dtype = torch_dtype(dtype, f"{path}'s torch_dtype") if dtype is not None else None
     with torch.device("meta"):
         model = Transformer(config)
     want = {ours: _sources(table, ours) for ours, _ in model.named_parameters()}
@@ -388,9 +382,7 @@ def load_tokenizer(path, tokenizer=None, required=True):
         raise InputError(f"{path} has no tokenizer.model or tokenizer.json: copy the model's tokenizer there (or pass "
                          f"--tokenizer=...)")
     tok = Tokenizer(file)
-    # embeddings are often padded a little past the tokenizer (CoreNet's 32128 rows for 32000 pieces): allow
-    # up to 128 spare rows; fewer rows than pieces, or many more, means another model's tokenizer
-    if not 0 <= config.vocab_size - tok.vocab_size <= 128:
+    if not fits(tok.vocab_size, config.vocab_size):
         raise InputError(f"tokenizer {file} has {tok.vocab_size} pieces but the model in {path} has "
                          f"{config.vocab_size} embedding rows: use the tokenizer the model was trained with")
     if tok.decode(tok.encode("a    b")) != "a    b":  # OpenLLaMA v1's tokenizer does this (its README)
@@ -459,7 +451,7 @@ def save_model(model, path, tokenizer=None, dtype=None, max_shard_size=5 * 2**30
         raise InputError(f"width {c.n_embd} is not a multiple of the {c.n_head} heads: transformers' LlamaConfig "
                          f"refuses such a model (and so do mlx-lm and AutoTokenizer on its folder), whatever head_dim "
                          f"says; there is no Hugging Face form of it to export")
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or model.tok_embeddings.weight.dtype
+    dtype = torch_dtype(dtype) if dtype is not None else model.tok_embeddings.weight.dtype
     table = OPENELM if openelm else LLAMA
     tensors = {}  # external name -> a view of our parameter (q/k/v and gate/up split apart); cast one shard at a time
     for ours, t in model.state_dict().items():

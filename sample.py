@@ -331,11 +331,9 @@ def main(argv):
     configurator.print_settings(configurator.configure(globals(), argv), file=sys.stderr)
     import checkpoint
     torch.manual_seed(seed)
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise InputError(f"dtype={dtype!r}: use auto, float32, bfloat16 or float16")
     if num_samples < 1:
         raise InputError(f"num_samples={num_samples} must be at least 1")
-    ptdtype = (torch.bfloat16 if "cuda" in device else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+    ptdtype = configurator.torch_dtype(dtype, auto=torch.bfloat16 if "cuda" in device else torch.float32)
     model, tok = checkpoint.load_model(init_from, device, ptdtype, tokenizer=tokenizer, need_tokenizer=True)
     if int8:
         import quantize

@@ -15,6 +15,7 @@ import json
 import os
 
 from configurator import InputError
+from files import read_json
 
 # special tokens looked for in a tokenizer.json that comes without a tokenizer_config.json naming them
 BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
@@ -70,10 +71,7 @@ class Tokenizer:
         named = {}
         if os.path.isfile(config):  # transformers keeps the special tokens' roles here, not in tokenizer.json
             self.files.append(config)
-            try:
-                named = json.load(open(config, encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as e:
-                raise InputError(f"{config} is not valid JSON ({e}): download it again")
+            named = read_json(config, "download it again")
 
         def token_id(key, guesses):
             t = named.get(key)
@@ -142,6 +140,13 @@ class Tokenizer:
 
     def __reduce__(self):  # pickles as its spec, so DataLoader and Pool workers can take one
         return Tokenizer, (self.spec,)
+
+
+def fits(n_tokens, vocab_size):
+    """Whether a tokenizer of n_tokens belongs with a model of vocab_size embedding rows. Embeddings are often
+    padded a little past the tokenizer (CoreNet's 32128 rows for Llama-2's 32000 pieces, a multiple of 64 for
+    speed); fewer rows than tokens, or many more, means another model's tokenizer."""
+    return 0 <= vocab_size - n_tokens <= 128
 
 
 def _tiktoken_encoding(enc_name):

@@ -165,7 +165,7 @@ def resume_settings(s, sources):
 def check(s):
     """Every setting in its range, before any work: a value torch would refuse later, or one that would train
     nothing and exit 0 (max_iters < 0, an evaluation over no windows), stops here with one line."""
-    for name, allowed in (("parallel", ("ddp", "fsdp")), ("dtype", ("bfloat16", "float16", "float32")),
+    for name, allowed in (("parallel", ("ddp", "fsdp")), ("dtype", configurator.DTYPES),
                           ("lr_schedule", ("cosine", "linear"))):
         if s[name] not in allowed:
             raise InputError(f"{name}={s[name]!r} is not one of {allowed}")
@@ -429,7 +429,7 @@ def precision(dtype, device_type, fsdp):
         raise InputError("FSDP here runs bfloat16 or float32, not float16: use --dtype=bfloat16")
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores where fp32 remains
     torch.backends.cudnn.allow_tf32 = True
-    ptdtype = getattr(torch, dtype)
+    ptdtype = configurator.torch_dtype(dtype)
     autocast = nullcontext() if ptdtype == torch.float32 or fsdp else torch.autocast(device_type, dtype=ptdtype)
     return ptdtype, autocast, torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
 

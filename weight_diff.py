@@ -43,7 +43,7 @@ import checkpoint
 import configurator
 import hf
 from configurator import InputError
-from files import atomic_write, check_output, write_json
+from files import atomic_write, check_output, read_json, write_json
 
 # ----------------------------------------------------------------------------- settings
 base = ""  # the base model: a Hugging Face directory, or one of our run or checkpoint folders
@@ -191,7 +191,6 @@ def _same_tensors(a, b, names, fix):
 @contextlib.contextmanager
 def _output(path):
     """A temporary sibling folder, renamed to `path` when the block succeeds and removed when it fails."""
-    path = os.path.expanduser(path)  # the shell leaves the ~ of --out=~/... alone
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise InputError(f"--out={path} exists and is not empty: choose a new directory or remove that one")
     full = os.path.abspath(path)
@@ -275,14 +274,8 @@ def recover(base, diff, out):
     diff = os.path.expanduser(diff)
     if not os.path.isdir(diff):
         raise InputError(f"--diff={diff} not found: give the directory that weight_diff.py make wrote")
-    try:
-        with open(os.path.join(diff, "weight_diff.json")) as f:
-            info = json.load(f)
-    except FileNotFoundError:
-        raise InputError(f"{diff} has no weight_diff.json: it is not a diff made by weight_diff.py make (recover a "
-                         "diff made by Alpaca's or Open-Instruct's script with theirs)")
-    except ValueError as e:
-        raise InputError(f"{diff}/weight_diff.json is not valid JSON ({e}): download the diff again")
+    info = read_json(os.path.join(diff, "weight_diff.json"), "download the diff again", missing="it is not a diff "
+                     "made by weight_diff.py make (recover a diff made by Alpaca's or Open-Instruct's script with theirs)")
     b, tensors = Source(base, "base"), info["tensors"]
     other = (f"the diff was made against another base (whose checksum is {info['base_checksum']}): give --base "
              f"the model it was made from")

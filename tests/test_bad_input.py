@@ -257,13 +257,14 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
         ([f"--init_from={world['run']}", f"--out={world['root'] / 'a.txt'}"], "is a file, not a folder"),
         ([f"--init_from={world['run']}", f"--out={world['root'] / 'a.txt' / 'x'}"], "is a file, so nothing can be made"),
         ([f"--init_from={world['data']}"], "holds no checkpoint"),
+        ([f"--init_from={world['run']}", f"--out={tmp_path / 'e'}", "--dtype=bf16"], "dtype='bf16': use float32 or"),
     ]
     assert_refused("export", cases, world["root"])
     cases = [
         (["make", f"--base={world['hf']}", f"--tuned={world['hf']}", f"--out={world['root'] / 'a.txt'}"], "is a file"),
         (["make", f"--base={world['hf']}", f"--tuned={world['run']}", f"--out={tmp_path / 'd'}"], "export ours"),
         (["unmake"], "unknown command 'unmake'"),
-        (["recover", f"--base={world['hf']}", f"--diff={world['hf']}", f"--out={tmp_path / 'r'}"], "no weight_diff.json"),
+        (["recover", f"--base={world['hf']}", f"--diff={world['hf']}", f"--out={tmp_path / 'r'}"], "weight_diff.json not found: it is not a diff made by weight_diff.py"),
     ]
     assert_refused("weight_diff", cases, world["root"])
 

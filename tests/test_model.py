@@ -410,6 +410,14 @@ def test_configurator_applies_file_and_overrides(tmp_path):
     assert scope["betas"] == (0.8, 0.9) and scope["flag"] is False and out["steps"] == 20
     configurator.configure(scope, ["--lr=1"])  # an int where a float is expected widens
     assert scope["lr"] == 1.0 and isinstance(scope["lr"], float)
+    configurator.configure(scope, ["--name=~/runs/a"])  # the shell leaves a ~ after = alone; we expand it
+    assert scope["name"] == os.path.join(os.path.expanduser("~"), "runs", "a")
+    assert configurator.torch_dtype("bfloat16") is torch.bfloat16 and configurator.torch_dtype(torch.half) is torch.half
+    assert configurator.torch_dtype("auto", auto=torch.float32) is torch.float32
+    with pytest.raises(configurator.InputError, match=r"dtype='bf16': use float32 or bfloat16 or float16"):
+        configurator.torch_dtype("bf16")
+    with pytest.raises(configurator.InputError, match=r"dtype='auto': use float32"):  # auto only where it means something
+        configurator.torch_dtype("auto")
 
 
 @pytest.mark.parametrize("argv, message", [

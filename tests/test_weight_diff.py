@@ -228,7 +228,7 @@ def test_bad_inputs_one_line_each(tmp_path):
     for (b, t, o), msg in cases:
         with pytest.raises(InputError, match=msg):
             wd.make(str(tmp_path / b), str(tmp_path / t), str(tmp_path / o))
-    with pytest.raises(InputError, match="has no weight_diff.json"):
+    with pytest.raises(InputError, match="weight_diff.json not found: it is not a diff"):
         wd.recover(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "o"))
     with pytest.raises(InputError, match="--diff=.*nope not found"):
         wd.recover(str(tmp_path / "base"), str(tmp_path / "nope"), str(tmp_path / "o"))
