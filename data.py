@@ -13,9 +13,11 @@ import os
 import platform
 
 import numpy as np
+import torch
 
 from configurator import InputError
 from files import read_json, write_json
+from model import IGNORE_INDEX
 from tokenizer import Tokenizer
 
 
@@ -110,3 +112,13 @@ def open_rows(data_dir, split):
     if not tokens:
         return np.zeros((0, T), meta["dtype"]), np.zeros((0, T), np.uint8)
     return tokens[0].reshape(-1, T), mask[0].reshape(-1, T)
+
+
+def read_rows(rows, idx):
+    """(x, y) int64 tensors of the chat rows idx (indices or a slice) of (tokens, mask) from open_rows: a target
+    is the next token where the mask marks it an assistant token, IGNORE_INDEX elsewhere (and at the end)."""
+    tokens, mask = rows
+    x = torch.from_numpy(tokens[idx].astype(np.int64))
+    y = torch.full_like(x, IGNORE_INDEX)
+    y[:, :-1] = torch.where(torch.from_numpy(mask[idx][:, 1:].astype(bool)), x[:, 1:], IGNORE_INDEX)
+    return x, y

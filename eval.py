@@ -548,17 +548,15 @@ def token_split_perplexity(model, data_dir, which, max_len, batch=16, context_le
 
 @torch.no_grad()
 def _rows_loss(model, data_dir, which, batch):
-    """Loss per trained target token of a chat split: a target is the next token where the mask marks it."""
+    """Loss per trained target token of a chat split, the targets train.py's evaluation scores."""
     from model import IGNORE_INDEX
-    tokens, mask = data.open_rows(data_dir, which)
+    rows = data.open_rows(data_dir, which)
     dev, nll, n = next(model.parameters()).device, 0.0, 0
-    for i in range(0, len(tokens), batch):
-        x = torch.from_numpy(tokens[i:i + batch].astype("int64")).to(dev)
-        y = torch.where(torch.from_numpy(mask[i:i + batch, 1:].astype(bool)).to(dev), x[:, 1:], IGNORE_INDEX)
-        logits = model(x[:, :-1])
-        nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
-                               reduction="sum").item()
-        n += int((y != IGNORE_INDEX).sum())
+    for i in range(0, len(rows[0]), batch):
+        x, y = (t.to(dev) for t in data.read_rows(rows, slice(i, i + batch)))
+        k = int((y != IGNORE_INDEX).sum())
+        if k:  # the model's loss is the mean over the targets (train.py's val loss is the same quantity)
+            nll, n = nll + model(x, y)[1].item() * k, n + k
     if n == 0:
         raise InputError(f"the {which} split of {data_dir} has no trained tokens: choose another --split")
     return {"split": which, "tokens": n, "loss": nll / n, "perplexity": math.exp(nll / n)}

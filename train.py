@@ -277,21 +277,12 @@ def epoch_order(n, seed, epoch):
     return torch.randperm(n, generator=torch.Generator().manual_seed((seed << 32) + epoch))
 
 
-def read_rows(rows, idx):
-    """(x, y) of chat rows idx: a target is the next token where the mask marks it an assistant token."""
-    tokens, mask = rows
-    x = torch.from_numpy(tokens[idx].astype(np.int64))
-    y = torch.full_like(x, IGNORE_INDEX)
-    y[:, :-1] = torch.where(torch.from_numpy(mask[idx][:, 1:].astype(bool)), x[:, 1:], IGNORE_INDEX)
-    return x, y
-
-
 def get_rows(rows, step, micro, rank, world, batch_size, global_batch_size, seed):
     """get_batch for chat data, (tokens, mask) rows from data.open_rows. Sample i of the run is row order[i % n] of
     epoch i // n, so epochs, resume and world size work as they do for windows."""
     n = len(rows[0])
     lo = step * global_batch_size + (micro * world + rank) * batch_size
-    return read_rows(rows, [int(epoch_order(n, seed, i // n)[i % n]) for i in range(lo, lo + batch_size)])
+    return data.read_rows(rows, [int(epoch_order(n, seed, i // n)[i % n]) for i in range(lo, lo + batch_size)])
 
 
 def val_set(val_data, chat, n, block_size, seed, pad_id, rank, world, batch_size):
@@ -299,7 +290,7 @@ def val_set(val_data, chat, n, block_size, seed, pad_id, rank, world, batch_size
     first n chat rows. Every rank gets the same number of batches (FSDP runs its collectives in lockstep): the
     last ranks' shares are topped up with copies whose targets are all ignored."""
     if chat:
-        items, read = list(range(min(n, len(val_data[0])))), lambda idx: read_rows(val_data, idx)
+        items, read = list(range(min(n, len(val_data[0])))), lambda idx: data.read_rows(val_data, idx)
     else:
         items = window_starts(val_data, n, block_size, torch.Generator().manual_seed((seed << 32) + (1 << 28)))
         read = lambda starts: read_windows(val_data, starts, block_size, pad_id)  # noqa: E731

@@ -219,6 +219,31 @@ def test_padded_and_packed_rows(tok, chats, tmp_path):
     assert [int((row == tok.bos_id).sum()) for row in tokens] == per_row  # BOS starts each conversation, only
 
 
+def test_eval_ppl_of_chat_rows_is_the_loss_per_reply_token(tok, chats, tmp_path):
+    """eval.py --ppl on a chat split scores what finetuning trains: each reply token (and its EOS) given the
+    conversation before it, whatever the batch."""
+    import torch
+    import eval as ev
+    from model import ModelConfig, Transformer
+    path, recs = chats
+    enc = [tz.encode_chat(tok, [(m["role"], m["content"]) for m in r["messages"]]) for r in recs]
+    T = max(len(ids) for ids, _ in enc) + 3
+    _prepare(tmp_path / "d", path, tok, seq_len=T, val_fraction=0.0, test_fraction=0.0)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, block_size=T, n_layer=2, n_embd=32, n_head=4)).eval()
+    nll = n = 0
+    for ids, m in enc:  # each conversation alone, unpadded: a target is ids[t + 1] where m[t + 1] marks it
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids]))[0].double(), -1)
+        for t in range(len(ids) - 1):
+            if m[t + 1]:
+                nll, n = nll - logp[t, ids[t + 1]].item(), n + 1
+    for batch in (1, 5):
+        out = ev.token_split_perplexity(model, str(tmp_path / "d"), "train", max_len=T, batch=batch)
+        assert out["tokens"] == n == sum(sum(m[1:]) for _, m in enc)
+        assert out["loss"] == pytest.approx(nll / n, rel=1e-5)
+
+
 def test_splits_are_by_record_key_and_files_are_identical_on_a_rerun(tok, chats, tmp_path):
     path, recs = chats
     kw = dict(seq_len=128, val_fraction=0.25, test_fraction=0.25, packing="packed")
