@@ -39,6 +39,7 @@ import data
 import files
 from configurator import InputError
 from model import IGNORE_INDEX, ModelConfig, Transformer
+from tokenizer import fits
 
 # -----------------------------------------------------------------------------
 # settings: override with a config file and --key=value (configurator.py)
@@ -563,9 +564,12 @@ def train(settings, resume_from):
     model, base, base_ours = build_model(settings, resume_from, fsdp)
     config = model.config
     settings.update(dataclasses.asdict(config))  # the architecture actually trained is what is printed and saved
-    if meta["vocab_size"] > config.vocab_size:
+    if not fits(meta["vocab_size"], config.vocab_size):  # e.g. configs/elm_270m.py on the demo's 8192-piece data
+        fix = (f"set --vocab_size={meta['vocab_size']}, or prepare data with the tokenizer of the model's vocabulary "
+               "(python prepare.py --tokenizer=...) and pass its --data_dir") if s.init_from == "scratch" else \
+            "prepare the data with the model's own tokenizer (python prepare.py --tokenizer=...) and pass its --data_dir"
         raise InputError(f"{s.data_dir}'s tokenizer has {meta['vocab_size']} tokens but the model has "
-                         f"vocab_size={config.vocab_size}: set --vocab_size={meta['vocab_size']}")
+                         f"vocab_size={config.vocab_size}: {fix}")
     if block_size > config.block_size:
         fix = f"prepare the data with --seq_len={config.block_size} or less" if chat else f"set --block_size={config.block_size}"
         raise InputError(f"training sequences of {block_size} tokens are longer than the model's context "

@@ -103,6 +103,7 @@ def test_train_refuses_bad_input(world, tmp_path):
         (common + ["--parallel=zero3"], "parallel='zero3' is not one of"),
         (common + ["--global_batch_size=3"], "global_batch_size=3 is not a multiple of batch_size"),
         (common + ["--vocab_size=32"], "set --vocab_size=64"),
+        (common + ["--vocab_size=32000"], "tokenizer has 64 tokens but the model has vocab_size=32000: set --vocab_size=64"),
         (common + [str(bad_cfg)], "bad_cfg.py, line 2: ZeroDivisionError"),
         (common + [str(syntax)], "syntax.py, line 1"),
         (common + [f"--out_dir={w['root'] / 'a.txt' / 'run'}"], "is a file"),
