@@ -36,7 +36,7 @@ import hf
 from configurator import InputError
 from files import atomic_write, read_json, write_json
 from model import ModelConfig, Transformer
-from tokenizer import Tokenizer, fits
+from tokenizer import Tokenizer, fits, tokenizer_file
 
 # Frozen parameters are not saved: a LoRA run stores its adapters and their optimizer state, and names the
 # base it started from (train.json "lora_base"); a full run freezes nothing, so this changes nothing there.
@@ -324,10 +324,11 @@ def _load(path, device, dtype):
     if ck is None:
         if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "params.json")):
             return hf.load_model(path, device=device, dtype=dtype), hf.load_tokenizer(path, required=False)
-        tok = [f for f in ("tokenizer.json", "tokenizer.model") if os.path.isfile(os.path.join(path, f))]
-        if tok:
-            raise InputError(f"{path} holds a tokenizer ({tok[0]}) but no model (no config.json or weights): point "
-                             f"--init_from at the model's directory, and --tokenizer={path} if it lacks one")
+        tok = tokenizer_file(path)
+        if os.path.isfile(tok):
+            raise InputError(f"{path} holds a tokenizer ({os.path.basename(tok)}) but no model (no config.json or "
+                             f"weights): point --init_from at the model's directory, and --tokenizer={path} if it "
+                             "lacks one")
         raise InputError(f"{path} holds no checkpoint (no 'latest' pointer, train.json or config.json): train one "
                          "with train.py, or point at a Hugging Face model directory")
     verify(ck)

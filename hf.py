@@ -29,7 +29,7 @@ import torch.nn as nn
 from configurator import InputError, torch_dtype
 from files import atomic_write, read_json, write_json
 from model import ModelConfig, Transformer, per_layer
-from tokenizer import Tokenizer, fits
+from tokenizer import Tokenizer, fits, tokenizer_file
 
 # One name map per format: our parameter -> the external tensors stacked by rows into it ({i}: layer index).
 OPENELM = {  # Apple's modeling_openelm.py on the Hub: already fused; proj_1 is [gate | up] (its OpenELMFeedForwardNetwork)
@@ -364,9 +364,7 @@ def load_tokenizer(path, tokenizer=None, required=True):
     with encode(text, bos=True), as LLaMA and OpenELM were trained. When the directory has none: an error saying
     how to supply one, or None if not required."""
     path = os.path.expanduser(str(path))
-    file = os.path.expanduser(str(tokenizer)) if tokenizer else next(
-        (os.path.join(path, f) for f in ("tokenizer.model", "tokenizer.json") if os.path.isfile(os.path.join(path, f))),
-        os.path.join(path, "tokenizer.model"))
+    file = os.path.expanduser(str(tokenizer)) if tokenizer else tokenizer_file(path)
     if not tokenizer and _is_meta(path) and not os.path.isfile(file):  # Meta's downloads keep it one folder up
         file = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer.model")
     config = load_config(path)

@@ -23,6 +23,15 @@ EOS_NAMES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "<|im_end|>")
 PAD_NAMES = ("<pad>", "<|pad|>", "<|finetune_right_pad_id|>")
 
 
+FILES = ("tokenizer.model", "tokenizer.json")  # a folder's tokenizer: SentencePiece first, as LLaMA's and OpenELM's
+
+
+def tokenizer_file(folder):
+    """The tokenizer file of a folder: the first of FILES that it holds (the SentencePiece path if none)."""
+    return next((os.path.join(folder, f) for f in FILES if os.path.isfile(os.path.join(folder, f))),
+                os.path.join(folder, FILES[0]))
+
+
 class Tokenizer:
     """One interface over a SentencePiece model file, a Hugging Face tokenizer.json and a tiktoken encoding."""
 
@@ -37,8 +46,7 @@ class Tokenizer:
             return
         path = self.spec
         if os.path.isdir(path):
-            path = next((os.path.join(path, f) for f in ("tokenizer.model", "tokenizer.json")
-                         if os.path.isfile(os.path.join(path, f))), os.path.join(path, "tokenizer.model"))
+            path = tokenizer_file(path)
         if not os.path.isfile(path):
             raise InputError(f"tokenizer file {path!r} not found: give a SentencePiece .model file, a "
                              "tokenizer.json, 'tiktoken:<encoding>', or leave --tokenizer empty to train one")

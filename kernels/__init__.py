@@ -33,7 +33,7 @@ import sys
 
 import torch
 
-from kernels.reference import (IGNORE_INDEX, attention_eager, cross_entropy_eager, rms_norm_eager,  # noqa: F401
+from kernels.reference import (IGNORE_INDEX, attention_eager, cross_entropy_eager, rel_err, rms_norm_eager,  # noqa: F401
                                rope_eager)
 from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, attention_sdpa, rotate
 
@@ -143,7 +143,7 @@ def _self_check(op, dtype, device, problem):
 
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
         got, want = run(kernel, lambda t: t.clone()), run(reference, lambda t: t.double())
-    return max(((a.double() - b).abs().max() / b.abs().max().clamp(min=1)).item() for a, b in zip(got, want))
+    return max(rel_err(a, b) for a, b in zip(got, want))
 
 
 # ----------------------------------------------------------------------------- attention
@@ -167,7 +167,7 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
             if mask is not None:
                 raise ValueError("the Triton attention kernel takes no explicit mask: use backend='sdpa'")
             return flash_attention.attention(q, k, v, causal=causal)
-        dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+        dtype = flash_attention._autocast_dtype(q) or q.dtype
         if flash_attention.supported(q, k, v) and _triton_ok("attention", dtype, q.device,
                                                              (q.shape[-1], q.shape[1] // k.shape[1])):
             return flash_attention.attention(q, k, v, causal=causal)

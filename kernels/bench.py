@@ -19,6 +19,7 @@ import time
 import torch
 
 import kernels
+from kernels.reference import rel_err
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -208,10 +209,6 @@ def rope_speed(shapes, dtype, device, roofline, deadline=float("inf")):
 
 # ----------------------------------------------------------------------------- errors
 
-def _err(got, want):
-    return ((got.double() - want).abs().max() / want.abs().max().clamp(min=1)).item() if want.numel() else 0.0
-
-
 def attention_errors(cases, dtype, device, deadline=float("inf")):
     """Triton's attention error against a float64 reference on the same (rounded) inputs, beside SDPA's own
     error on them: the output and the three input gradients, each as max |x - ref| / max(1, max |ref|), the
@@ -232,7 +229,7 @@ def attention_errors(cases, dtype, device, deadline=float("inf")):
             return [out, *torch.autograd.grad(out, leaves, cast(do))] if grads else [out]
 
         ref = run("eager", lambda t: t.double())
-        errs = {b: max(_err(g, r) for g, r in zip(run(b, lambda t: t.clone()), ref)) for b in ("triton", "sdpa")}
+        errs = {b: max(rel_err(g, r) for g, r in zip(run(b, lambda t: t.clone()), ref)) for b in ("triton", "sdpa")}
         rows.append({"case": name, "dtype": str(dtype)[6:], "Tq": Tq, "Tk": Tk, "causal": causal,
                      "path": "decode" if not grads else "fwd+bwd", "triton err": errs["triton"],
                      "sdpa err": errs["sdpa"], "ok": errs["triton"] <= 2 * errs["sdpa"] + 1e-6})
@@ -256,7 +253,7 @@ def norm_rope_errors(widths, head_dims, dtype, device):
             w = 1 + 0.3 * torch.randn(D, generator=gen, device=device)
             ref = [kernels.rms_norm(x.double(), w.double(), 1e-6, backend="eager")]
             got = {b: [kernels.rms_norm(x, w.to(dtype), 1e-6, backend=b)] for b in ("triton", "eager")}
-        errs = {b: max(_err(g, r) for g, r in zip(got[b], ref)) for b in got}
+        errs = {b: max(rel_err(g, r) for g, r in zip(got[b], ref)) for b in got}
         rows.append({"op": kind, "D": D, "dtype": str(dtype)[6:], "triton err": errs["triton"],
                      "eager err": errs["eager"], "ok": errs["triton"] <= 2 * errs["eager"] + 1e-6})
     return rows

@@ -16,6 +16,14 @@ def _acc(dtype):
     return torch.promote_types(dtype, torch.float32)
 
 
+def rel_err(got, want):
+    """The error measure of every kernel check: max |got - want| relative to max(1, max |want|), in float64
+    (0 for empty tensors)."""
+    if not want.numel():
+        return 0.0
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp(min=1)).item()
+
+
 def causal_mask(Tq, Tk, device):
     """Bool mask (Tq, Tk), True = attend. Aligned to the bottom right: query i sits at key position
     Tk - Tq + i, which is what a chunk of new queries against a longer KV cache needs (SDPA's

@@ -26,6 +26,7 @@ import kernels
 triton = pytest.importorskip("triton")
 from kernels import flash_attention as fa  # noqa: E402  (after the importorskip)
 from kernels import common, rmsnorm, rope  # noqa: E402
+from kernels.reference import rel_err  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -52,9 +53,8 @@ def poison(monkeypatch):
 def check(actual, expected, tol, name):
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert torch.isfinite(actual).all(), f"{name}: {(~torch.isfinite(actual)).sum().item()} non-finite values"
-    err = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
-    scale = max(1.0, expected.abs().max().item() if expected.numel() else 0.0)
-    assert err <= tol * scale, f"{name}: max error {err:.2e} > {tol:.0e} x {scale:.3g}"
+    err = rel_err(actual, expected)
+    assert err <= tol, f"{name}: max error {err:.2e} x max(1, max |expected|) > {tol:.0e}"
 
 
 def leaf(t):
