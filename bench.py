@@ -11,6 +11,7 @@ The kernels' own timings (Triton vs SDPA and eager; the CPU ops) are beside them
 Each section is a plain function taking the remaining arguments; add a new one to SECTIONS.
 Numbers are printed, never asserted: timings depend on the machine, its load, clocks and driver.
 """
+import contextlib
 import copy
 import math
 import os
@@ -258,7 +259,7 @@ def _hf_loss(hf, x, y):
 
 
 def _step_timer(model, loss_fn, B, T, vocab, autocast):
-    """A closure running one training step (bf16 autocast, AdamW, clip) and returning its seconds."""
+    """A closure running one training step (under autocast(), AdamW, clip) and returning its seconds."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(vocab, (B, T), generator=g), torch.randint(vocab, (B, T), generator=g)
@@ -275,11 +276,12 @@ def _step_timer(model, loss_fn, B, T, vocab, autocast):
     return step
 
 
-def bench_train_throughput(B=8, T=256, compile=False):
+def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast", "fp32")):
     """Training tokens/s and FLOP/s on this machine's CPU: elm_tiny and llama_tiny (ours) against nanoGPT's GPT
-    and transformers' LlamaForCausalLM of matching size, all bf16 autocast, batch B x T, AdamW. With compile,
-    each model is timed both eager and through torch.compile (inductor), in the same turns."""
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    and transformers' LlamaForCausalLM of matching size, batch B x T, AdamW, in bf16 autocast and in plain fp32
+    (each precision its own interleaved rounds). Each model's training FLOPs per token are printed beside its
+    speed, so a model that is faster because it does less work shows as such. With compile: bf16 only, each
+    model timed both eager and through torch.compile (inductor), in the same turns."""
     torch.manual_seed(0)
     elm, llama = Transformer(_config("elm_tiny", block_size=T)), Transformer(_config("llama_tiny", block_size=T))
     gpt, theirs = GPT(elm.config.vocab_size, T, **GPT_TINY), hf_twin(llama)[0]
@@ -288,25 +290,33 @@ def bench_train_throughput(B=8, T=256, compile=False):
             "nanoGPT GPT (7L, 320d)": (gpt, ours, gpt.flops_per_token(T)),
             "ours: llama_tiny": (llama, ours, llama.flops_per_token(T)),
             "HF LlamaForCausalLM (= llama_tiny)": (theirs, _hf_loss, llama.flops_per_token(T))}
-    steps = {}
-    for k, (m, loss, _) in rows.items():
-        steps[k] = _step_timer(m, lambda x, y, m=m, loss=loss: loss(m, x, y), B, T, elm.config.vocab_size, autocast)
-        if compile:  # compiles at the warm-up step
-            c = torch.compile(m)
-            steps[k + ", compiled"] = _step_timer(m, lambda x, y, c=c, loss=loss: loss(c, x, y), B, T,
-                                                  elm.config.vocab_size, autocast)
-    secs = interleaved_seconds(steps)
-    print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), bf16 autocast, batch {B}x{T}, AdamW")
-    if compile:
-        print("| model | eager ms/step | torch.compile ms/step | compiled / eager |\n|---|---|---|---|")
-        for k in rows:
-            print(f"| {k} | {secs[k] * 1e3:.0f} | {secs[k + ', compiled'] * 1e3:.0f} | {secs[k + ', compiled'] / secs[k]:.2f} |")
-        return secs
-    print("| model | params | tokens/s | GFLOP/s | ms/step |\n|---|---|---|---|---|")
-    for k, (m, _, fpt) in rows.items():
-        tok_s = B * T / secs[k]
-        print(f"| {k} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M | {tok_s:,.0f} | {fpt * tok_s / 1e9:.1f} | {secs[k] * 1e3:.0f} |")
-    return secs
+    results = {}
+    for precision in precisions[:1] if compile else precisions:
+        autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if "bf16" in precision else contextlib.nullcontext
+        steps = {}
+        for k, (m, loss, _) in rows.items():
+            steps[k] = _step_timer(m, lambda x, y, m=m, loss=loss: loss(m, x, y), B, T, elm.config.vocab_size, autocast)
+            if compile:  # compiles at the warm-up step
+                c = torch.compile(m)
+                steps[k + ", compiled"] = _step_timer(m, lambda x, y, c=c, loss=loss: loss(c, x, y), B, T,
+                                                      elm.config.vocab_size, autocast)
+        secs = results[precision] = interleaved_seconds(steps)
+        print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), {precision}, batch {B}x{T}, AdamW")
+        if compile:
+            print("| model | eager ms/step | torch.compile ms/step | compiled / eager |\n|---|---|---|---|")
+            for k in rows:
+                print(f"| {k} | {secs[k] * 1e3:.0f} | {secs[k + ', compiled'] * 1e3:.0f} | "
+                      f"{secs[k + ', compiled'] / secs[k]:.2f} |")
+            continue
+        print("| model | params | MFLOPs/token | tokens/s | GFLOP/s | ms/step |\n|---|---|---|---|---|---|")
+        for k, (m, _, fpt) in rows.items():
+            tok_s = B * T / secs[k]
+            print(f"| {k} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M | {fpt / 1e6:.1f} | {tok_s:,.0f} | "
+                  f"{fpt * tok_s / 1e9:.1f} | {secs[k] * 1e3:.0f} |")
+        print(f"ours / theirs, time per step: elm_tiny / GPT "
+              f"{secs['ours: elm_tiny (OpenELM)'] / secs['nanoGPT GPT (7L, 320d)']:.2f}, llama_tiny / HF Llama "
+              f"{secs['ours: llama_tiny'] / secs['HF LlamaForCausalLM (= llama_tiny)']:.2f}")
+    return results
 
 
 def _train_reference(model, iters, data_dir, B, T, lr=1e-3, warmup=50, seed=1337):
