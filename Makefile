@@ -1,7 +1,7 @@
 # The README's two commands: `make demo` (the main job) and `make test`. Both install first.
 PY ?= python
 
-.PHONY: install demo test gpu
+.PHONY: install demo test gpu triton36
 
 # torch first: the CPU wheel (with the triton the tests were verified with, on Linux) when no torch is
 # installed, since an unpinned torch would pull GBs of CUDA packages; any torch >= 2.5 already present, a
@@ -27,3 +27,12 @@ test: install
 # GPU machine has its own torch and triton and no network); gpu_report/gpu_report.md and .json, rewritten as it goes
 gpu:
 	$(PY) bench.py gpu --out=gpu_report
+
+# The kernels against triton 3.6 (what torch 2.11 installs, so what a GPU machine with it runs) in a venv of its
+# own: the interpreter tests and an sm_90 compile of every kernel. .ci/run runs it after `make test`.
+V36 ?= .venv-triton36
+triton36:
+	@test -f $(V36)/.installed || { rm -rf $(V36) && python3 -m venv $(V36) && \
+	  $(V36)/bin/python -m pip install -q torch==2.13.0 triton==3.6.0 numpy pytest -c constraints.txt && touch $(V36)/.installed; }
+	TRITON_INTERPRET=1 $(V36)/bin/python -m pytest -q -p no:cacheprovider tests/test_kernels.py
+	$(V36)/bin/python -m kernels.compile_check --arch=90 --quick

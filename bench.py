@@ -292,6 +292,9 @@ def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast
             "HF LlamaForCausalLM (= llama_tiny)": (theirs, _hf_loss, llama.flops_per_token(T))}
     results = {}
     for precision in precisions[:1] if compile else precisions:
+        if "bf16" in precision and not train.fast_cpu_bf16():
+            print(f"\n{precision}: skipped, this CPU has no fast bfloat16 (train.py trains in float32 here)")
+            continue
         autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if "bf16" in precision else contextlib.nullcontext
         steps = {}
         for k, (m, loss, _) in rows.items():
@@ -321,18 +324,19 @@ def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast
 
 def _train_reference(model, iters, data_dir, B, T, lr=1e-3, warmup=50, seed=1337):
     """nanoGPT's recipe for a ~10M model (shakespeare_char: AdamW lr 1e-3, betas 0.9/0.99, decay 0.1 on
-    matrices, warmup then cosine to lr/10, clip 1), bf16 autocast, on exactly the batches train.py draws."""
+    matrices, warmup then cosine to lr/10, clip 1), train.py's precision, on exactly the batches train.py draws."""
     shards = train.open_data(data_dir, "train", T)
     params = [p for p in model.parameters()]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
     model.train()
+    context = train.precision("bfloat16", "cpu", False)[1]  # what train.py runs here (float32 without fast bf16)
     t0 = time.time()
     for it in range(iters):
         for group in opt.param_groups:
             group["lr"] = train.lr_at(it, lr, lr / 10, warmup, 0.0, iters)
         x, y = train.get_batch(shards, it, 0, 0, 1, T, B, B, seed)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with context:
             _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -360,8 +364,8 @@ def bench_train_bpb(run_dir="out/elm_tiny"):
     # both timed here in turns (a shared CPU's load then slows both alike)
     torch.manual_seed(0)
     gpt = GPT(ours.config.vocab_size, T, **GPT_TINY)
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
-    import copy
+    context = train.precision("bfloat16", "cpu", False)[1]  # as train.py trains here
+    autocast = lambda: context  # noqa: E731
     probe, gpt_probe = copy.deepcopy(ours).train(), copy.deepcopy(gpt)
     secs = interleaved_seconds({
         "ours": _step_timer(probe, lambda x, y: probe(x, y)[1], B, T, ours.config.vocab_size, autocast),
@@ -443,7 +447,6 @@ def bench_train(args):
 def bench_finetune(args, run_dir="out/elm_tiny", steps=150):
     """Instruction tuning on the CPU: elm_tiny (from `make demo`) tuned to answer "write the function f(...)" with its
     stdlib source, fully and with LoRA, the same steps and batches; loss per reply token on held-out functions."""
-    import copy
     import shutil
     import checkpoint
     import lora

@@ -411,12 +411,20 @@ def log(record, log_file, wandb):
 
 # ----------------------------------------------------------------------------- the run
 
+def fast_cpu_bf16():
+    """Whether this CPU multiplies bf16 matrices natively (oneDNN with AVX512 or AMX); without, they are emulated."""
+    return getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)()
+
+
 def precision(dtype, device_type, fsdp):
     """(torch dtype, autocast context, GradScaler). Weights stay fp32: FSDP casts them for compute itself
     (MixedPrecisionPolicy), everyone else autocasts; fp16 needs loss scaling."""
     if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         dtype = "float16"  # V100 and older: fp16 with loss scaling instead
         print("note: this GPU has no bfloat16; training in float16 with a GradScaler")
+    if dtype == "bfloat16" and device_type == "cpu" and not fast_cpu_bf16():
+        dtype = "float32"  # bf16 matmuls are emulated without AVX512 (65x slower than fp32 on an AVX2 EPYC)
+        print("note: this CPU has no fast bfloat16 (no AVX512): training in float32")
     if fsdp and dtype == "float16":
         raise InputError("FSDP here runs bfloat16 or float32, not float16: use --dtype=bfloat16")
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores where fp32 remains

@@ -324,3 +324,16 @@ def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path):
     assert [r["step"] for r in log] == list(range(1, 9))  # ceil(3 * 10 / 4) = 8 steps
     lrs = [r["lr"] for r in log]  # warmup ceil(0.2 * 8) = 2 steps from warmup_init_lr, then linear to 0 at step 8
     assert math.isclose(lrs[2], 3e-3) and math.isclose(lrs[5], 3e-3 * 3 / 6) and lrs[1] < lrs[2]
+
+
+def test_bf16_on_a_cpu_without_fast_bf16_trains_in_float32(monkeypatch, capsys):
+    """An AVX2-only CPU emulates bf16 matmuls (65x slower than fp32 on one): train.py falls back to float32
+    there, with a note, and keeps bf16 autocast where the CPU has it."""
+    import train
+    monkeypatch.setattr(train, "fast_cpu_bf16", lambda: False)
+    dtype, autocast, scaler = train.precision("bfloat16", "cpu", False)
+    assert dtype == torch.float32 and not isinstance(autocast, torch.autocast) and not scaler.is_enabled()
+    assert "no fast bfloat16" in capsys.readouterr().out
+    monkeypatch.setattr(train, "fast_cpu_bf16", lambda: True)
+    dtype, autocast, _ = train.precision("bfloat16", "cpu", False)
+    assert dtype == torch.bfloat16 and isinstance(autocast, torch.autocast)
