@@ -209,20 +209,29 @@ def _read_file(f):
         yield from _torch_load(f).items()
 
 
+def _safetensors(file, read):
+    """read(handle) of a safetensors file; a missing, truncated or damaged one stops with one line."""
+    from safetensors import safe_open
+    try:
+        with safe_open(file, framework="pt") as s:
+            return read(s)
+    except Exception as e:
+        raise InputError(f"cannot read {file} ({type(e).__name__}: {e}): it is damaged or incomplete; download it "
+                         "again")
+
+
 def _tensor_names(files):
     """The tensor names of weights files, from the safetensors headers (or the memory-mapped .bin)."""
-    from safetensors import safe_open
     names = set()
     for f in files:
-        if not f.endswith(".safetensors"):
-            names |= set(_torch_load(f))
-            continue
-        try:
-            with safe_open(f, framework="pt") as s:
-                names |= set(s.keys())
-        except Exception as e:
-            raise InputError(f"cannot read {f} ({type(e).__name__}: {e}): download it again")
+        names |= _safetensors(f, lambda s: set(s.keys())) if f.endswith(".safetensors") else set(_torch_load(f))
     return names
+
+
+def write_index(path, weight_map, total_size):
+    """model.safetensors.index.json of a sharded folder: which file holds each tensor, and their total bytes."""
+    write_json(os.path.join(path, "model.safetensors.index.json"),
+               {"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=2)
 
 
 def refuse_gguf(path):
@@ -478,9 +487,8 @@ def save_model(model, path, tokenizer=None, dtype=None, max_shard_size=5 * 2**30
         if n > 1:
             print(f"wrote {fname} ({i + 1}/{n}, {time.time() - t0:.0f}s)")
     if n > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * dtype.itemsize for t in tensors.values())},
-                 "weight_map": {k: fname for fname, keys in zip(names, shards) for k in keys}}
-        write_json(os.path.join(path, "model.safetensors.index.json"), index, indent=2)
+        write_index(path, {k: fname for fname, keys in zip(names, shards) for k in keys},
+                    sum(t.numel() * dtype.itemsize for t in tensors.values()))
     write_json(os.path.join(path, "config.json"), (_openelm_hf_config if openelm else _llama_hf_config)(c, dtype), indent=2)
     tok_note = _save_tokenizer(tokenizer, path, c)
     print(f"saved {'OpenELM' if openelm else 'LLaMA'} model ({model.num_params() / 1e6:.2f}M params, {dtype}, "

@@ -113,24 +113,13 @@ def write_safetensors(path, specs, tensors, metadata=None):
     atomic_write(path, write)
 
 
-def _safetensors(file, read):
-    """read(handle) of a safetensors file; a missing, truncated or damaged one stops with one line."""
-    from safetensors import safe_open
-    try:
-        with safe_open(file, framework="pt") as s:
-            return read(s)
-    except Exception as e:
-        raise InputError(f"cannot read {file} ({type(e).__name__}: {e}): it is damaged or incomplete; download it "
-                         "again")
-
-
 _bin = lru_cache(maxsize=2)(hf._torch_load)  # memory-mapped: base's and tuned's current files stay open
 
 
 def _entries(f):
     """{name: (dtype, shape)} of one weights file: a safetensors header, or a memory-mapped .bin."""
     if f.endswith(".safetensors"):
-        return _safetensors(f, lambda s: {k: (FROM_ST.get(s.get_slice(k).get_dtype()), s.get_slice(k).get_shape())
+        return hf._safetensors(f, lambda s: {k: (FROM_ST.get(s.get_slice(k).get_dtype()), s.get_slice(k).get_shape())
                                           for k in s.keys()})
     return {k: (t.dtype, t.shape) for k, t in _bin(f).items()}
 
@@ -176,7 +165,7 @@ class Source:
             t = torch.empty(shape, dtype=dtype)
             checkpoint._dcp(dcp.load, {"model": {name: t}}, self.path)
             return t
-        return _safetensors(f, lambda s: s.get_tensor(name)) if f.endswith(".safetensors") else _bin(f)[name]
+        return hf._safetensors(f, lambda s: s.get_tensor(name)) if f.endswith(".safetensors") else _bin(f)[name]
 
 
 def _same_tensors(a, b, names, fix):
@@ -211,9 +200,8 @@ def _finish(dst, src, files, specs):
     """The index (unless the weights are one model.safetensors) and every file of src but the weights:
     config.json, tokenizer files, generation_config.json; train.json and meta.json for ours."""
     if files and list(files) != ["model.safetensors"]:
-        index = {"metadata": {"total_size": sum(math.prod(s) * d.itemsize for _, d, s in specs.values())},
-                 "weight_map": {n: f for f, names in files.items() for n in names}}
-        write_json(os.path.join(dst, "model.safetensors.index.json"), index, indent=2)
+        hf.write_index(dst, {n: f for f, names in files.items() for n in names},
+                       sum(math.prod(s) * d.itemsize for _, d, s in specs.values()))
     for f in sorted(os.listdir(src)):
         if os.path.isfile(os.path.join(src, f)) and not NOT_COPIED.search(f):
             shutil.copy2(os.path.join(src, f), dst)
@@ -290,11 +278,11 @@ def recover(base, diff, out):
         x = b.read(name)
         if sha256(x) != e["base_sha256"]:  # before use: a wrong base gives a wrong model that looks fine
             raise InputError(f"base tensor {name!r} differs from the one the diff records: {other}")
-        d = _safetensors(os.path.join(diff, e["file"]), lambda s: s.get_tensor(name))
+        d = hf._safetensors(os.path.join(diff, e["file"]), lambda s: s.get_tensor(name))
         if list(d.shape) != e["shape"]:
             raise InputError(f"{diff}/{e['file']}: {name!r} has shape {list(d.shape)}, not {e['shape']}: download "
                              "the diff again")
-        fix = [_safetensors(os.path.join(diff, FIXUPS), lambda s: s.get_tensor(name + k))
+        fix = [hf._safetensors(os.path.join(diff, FIXUPS), lambda s: s.get_tensor(name + k))
                for k in (".__fixup_index", ".__fixup_value")] if e["fixups"] else []
         y = add_diff(x, d, getattr(torch, e["dtype"]), *fix)
         hashes[name] = sha256(y)
