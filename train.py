@@ -684,6 +684,10 @@ def train(settings, resume_from):
     if wandb:
         wandb.finish()
     if distributed:
+        # DDP's reducer keeps the process group alive: drop it while every rank is still here, then leave together
+        # (a rank tearing down gloo after its peer had exited hung once in CI)
+        del model
+        dist.barrier()
         dist.destroy_process_group()
 
 
