@@ -271,6 +271,10 @@ class Transformer(nn.Module):
             table = self._rope_table = (freqs.cos(), freqs.sin())
         return table[0][pos], table[1][pos]
 
+    def head(self, x):
+        """The output projection: the input embedding's transpose when tied (OpenELM), else lm_head."""
+        return F.linear(x, self.tok_embeddings.weight) if self.config.tie_embeddings else self.lm_head(x)
+
     def forward(self, idx, targets=None, input_pos=None, left_pad=None):
         """idx (B, T) token ids. Without input_pos: the whole sequence, causal, no cache (training,
         scoring). With input_pos (T,), the consecutive cache slots of these tokens: decode against the static
@@ -300,8 +304,7 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(idx)
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos, mask, length)
-        x = self.norm(x)
-        logits = F.linear(x, self.tok_embeddings.weight) if self.config.tie_embeddings else self.lm_head(x)
+        logits = self.head(self.norm(x))
         if targets is None:
             return logits
         # z-loss keeps the softmax normaliser near 1 (OpenELM recipe). A training regulariser only:

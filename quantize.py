@@ -5,13 +5,13 @@ the matmuls stream the weights:
     quantize.int8(model)        weight-only int8, in place: every nn.Linear's weight as int8 with one scale per
                                 output channel (w ~ scale[o] * q[o, i], q = round(w / scale), scale = max|w[o]| / 127);
                                 a quarter of fp32's bytes (sample.py and eval.py --int8=True)
-    with quantize.packed(model):   fp32 weights packed for MKL's sgemm while the block runs (sample.generate on a
-                                CPU does this by itself): the same products, read about twice as fast on a CPU
+    with quantize.gemv(model):     while the block runs, fp32 linear layers multiply a decode step's few rows as
+                                batched matrix-vector products (sample.generate on a CPU does this by itself):
+                                the same products, their weights streamed two to four times as fast
 
 Embeddings stay as they are (a lookup reads one row), and so does a tied output head (it is the embedding).
 """
 import contextlib
-import os
 
 import torch
 import torch.nn as nn
@@ -47,46 +47,48 @@ def int8(model):
     return model
 
 
-def _pack(linear):
-    """MKL's packed form of an nn.Linear's fp32 weight, made once and kept until the weight changes."""
-    w = linear.weight
-    key = (w.data_ptr(), w._version)
-    if getattr(linear, "_mkl", (None,))[0] != key:
-        linear._mkl = (key, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), 1))
-    return linear._mkl[1]
-
-
-def can_pack(model):
-    """Whether packing pays and fits: fp32 weights on a CPU with MKL, no gradient wanted, and the packed copies
-    (about twice the weights' bytes) within a quarter of this machine's memory."""
+def gemv_pays(model):
+    """Whether gemv() helps: fp32 weights on a CPU with MKL (where it was measured) and no gradient wanted."""
     w = model.tok_embeddings.weight
-    if w.device.type != "cpu" or w.dtype != torch.float32 or not torch.backends.mkl.is_available():
-        return False
-    if torch.is_grad_enabled() or not hasattr(torch.ops.mkl, "_mkl_linear"):
-        return False
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    size = sum(m.weight.numel() * 4 for m in linears)
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): pack only what is surely small
-        memory = 4 * 2**30
-    return bool(linears) and 2 * size < memory / 4
+    return (w.device.type == "cpu" and w.dtype == torch.float32 and torch.backends.mkl.is_available()
+            and not torch.is_grad_enabled())
+
+
+def _gemv(weight, max_rows):
+    """x -> x @ weight^T, computing at most max_rows rows as a batch of matrix-vector products (see gemv)."""
+    out, inp = weight.shape
+    blocks = next((b for b in range(max(4, torch.get_num_threads()), 1, -1) if out % b == 0), 1)  # >= 1 a thread
+    w = weight.view(blocks, out // blocks, inp)  # a view, not a copy
+
+    def run(x):
+        rows = x.numel() // inp
+        if rows > max_rows or blocks == 1:  # many rows: a matrix product, which F.linear does well
+            return F.linear(x, weight)
+        # the rows as columns, the same for every block: (blocks, in, rows); the transpose of a row-major
+        # (rows, in) is the layout MKL's batched product streams fastest (a copied column is 4x slower)
+        cols = x.reshape(1, rows, inp).transpose(1, 2).expand(blocks, -1, -1)
+        y = torch.bmm(w, cols).view(out, rows).t().contiguous()  # (rows, out); no copy for a single row
+        return y.view(*x.shape[:-1], out)
+    return run
 
 
 @contextlib.contextmanager
-def packed(model):
-    """For the block, every fp32 nn.Linear of model runs MKL's packed sgemm (where can_pack says it pays); the
-    modules themselves are left as they were, so training, saving and loading see nothing of it."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)] if can_pack(model) else []
-    def forward(m, p):
-        def run(x):  # _mkl_linear takes rows: (..., in) -> (rows, in) -> (..., out)
-            y = torch.ops.mkl._mkl_linear(x.reshape(-1, m.in_features), p, m.weight, m.bias, 1)
-            return y.view(*x.shape[:-1], m.out_features)
-        return run
+def gemv(model, max_rows=16):
+    """For the block, every bias-free fp32 nn.Linear of model, and a tied output head (where gemv_pays),
+    multiplies an input of at most max_rows rows (a decode step's) as a batch of matrix-vector products: its
+    weight viewed as (blocks, out / blocks, in) times the rows as columns. F.linear streams an fp32 weight for a
+    row or a few at about 10 GB/s on a CPU (MKL's sgemm in the layout nn.Linear keeps); the batched product
+    streams it at 20-40 GB/s, its blocks spread over the threads. The same products, summed in another order.
+    The modules are left as they were, so training, saving and loading see nothing of it."""
+    pays = gemv_pays(model)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is None] if pays else []
     for m in linears:
-        m.forward = forward(m, _pack(m))
+        m.forward = _gemv(m.weight, max_rows)
+    if pays and model.config.tie_embeddings:
+        model.head = _gemv(model.tok_embeddings.weight, max_rows)
     try:
         yield
     finally:
         for m in linears:
             del m.forward
+        model.__dict__.pop("head", None)

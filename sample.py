@@ -209,11 +209,11 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     out[:, :T] = idx
     sync = torch.cuda.synchronize if idx.is_cuda else (lambda: None)
     t0 = time.perf_counter()
-    with contextlib.ExitStack() as weights:  # on a CPU, fp32 weights packed for MKL while decoding (quantize.py)
+    with contextlib.ExitStack() as weights:  # on a CPU, fp32 linear layers as batched matrix-vector products
         if not compile:
             for m in (model, assistant_model):
                 if m is not None:
-                    weights.enter_context(quantize.packed(m))
+                    weights.enter_context(quantize.gemv(m))
         if speculate:
             L, proposed, accepted = _speculate(model, out, T, max_new_tokens, probs, seen, prompt_lookup_num_tokens,
                                                max_matching_ngram_size, assistant_model, num_assistant_tokens,

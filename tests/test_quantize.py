@@ -1,5 +1,5 @@
-# quantize.py: MKL-packed fp32 weights (the CPU decode default) give the same products and leave the model as it
-# was; weight-only int8 stays close to fp32.
+# quantize.py: fp32 linear layers as batched matrix-vector products (the CPU decode default) give the same products
+# and leave the model as it was; weight-only int8 stays close to fp32.
 import pytest
 import torch
 
@@ -8,7 +8,7 @@ import sample
 from model import ModelConfig, Transformer
 
 CFG = dict(vocab_size=97, block_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, ffn_dim=96, init_std=0.1)
-pytestmark = pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="packing needs MKL")
+pytestmark = pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="gemv is for MKL builds")
 
 
 def model(**kw):
@@ -16,39 +16,52 @@ def model(**kw):
     return Transformer(ModelConfig(**{**CFG, **kw})).eval()
 
 
-def test_packed_weights_give_the_same_model_and_leave_it_as_it_was():
-    m, idx = model(), torch.randint(0, 97, (2, 9))
+@pytest.mark.parametrize("tied,vocab", [(False, 96), (True, 96), (False, 97)])
+def test_gemv_gives_the_same_products_and_leaves_the_model_as_it_was(tied, vocab, monkeypatch):
+    m = model(tie_embeddings=tied, vocab_size=vocab)
+    calls = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or bmm(*a))
     with torch.no_grad():
-        plain = m(idx)
-        with quantize.packed(m):
-            assert all("forward" in l.__dict__ for l in m.modules() if isinstance(l, torch.nn.Linear))
-            got = m(idx)
-    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
-    assert not any("forward" in l.__dict__ for l in m.modules())  # restored: training sees plain nn.Linear
-    m.train()(idx, idx)[1].backward()
-    assert m.lm_head.weight.grad is not None
-    with torch.no_grad():  # a weight changed in place is packed again, not served stale
-        m.eval().lm_head.weight.mul_(2)
-        doubled = m(idx)
-        with quantize.packed(m):
-            again = m(idx)
-    assert not torch.allclose(doubled, plain)
-    torch.testing.assert_close(again, doubled, rtol=1e-5, atol=1e-5 * doubled.abs().max().item())
+        for idx in (torch.randint(0, 96, (1, 1)), torch.randint(0, 96, (2, 5)), torch.randint(0, 96, (2, 9))):
+            plain = m(idx)
+            calls.clear()
+            with quantize.gemv(m):
+                assert all("forward" in l.__dict__ for l in m.modules() if isinstance(l, torch.nn.Linear))
+                got = m(idx)
+            # a decode step's rows (1, or 10 <= max_rows) as batched products: 4 per layer and the head's (a head
+            # of 97 rows, a prime, has no blocks: F.linear); more rows (18) through F.linear
+            want = 4 * len(m.layers) + (vocab % 2 == 0)
+            assert len(calls) == (0 if idx.numel() > 16 else want), (idx.shape, len(calls))
+            torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
+    assert not any("forward" in l.__dict__ for l in m.modules()) and "head" not in m.__dict__  # restored
+    m.train()(idx, idx)[1].backward()  # training sees plain modules
+    assert m.tok_embeddings.weight.grad is not None
+    with torch.no_grad():  # the weights are viewed, not copied: a weight changed in place is what gemv uses
+        m.eval()
+        with quantize.gemv(m):
+            before = m(idx[:1, :1])
+            m.layers[0].ffn.down_proj.weight.mul_(2)
+            after = m(idx[:1, :1])
+        torch.testing.assert_close(after, m(idx[:1, :1]), rtol=1e-5, atol=1e-5 * after.abs().max().item())
+    assert not torch.allclose(before, after)
 
 
-def test_packing_only_where_it_pays():
+def test_gemv_only_where_it_pays():
     m = model()
     with torch.no_grad():
-        assert quantize.can_pack(m)
-        assert not quantize.can_pack(model().to(torch.bfloat16)) and not quantize.can_pack(model().double())
-    assert not quantize.can_pack(m)  # gradients wanted: the modules must stay differentiable
+        assert quantize.gemv_pays(m)
+        assert not quantize.gemv_pays(model().to(torch.bfloat16)) and not quantize.gemv_pays(model().double())
+    assert not quantize.gemv_pays(m)  # gradients wanted: the modules must stay as they are
+    with quantize.gemv(m):
+        assert not any("forward" in l.__dict__ for l in m.modules())
 
 
-def test_generate_packs_by_itself_and_decodes_the_same_tokens(monkeypatch):
+def test_generate_uses_gemv_by_itself_and_decodes_the_same_tokens(monkeypatch):
     m, prompt = model(), torch.randint(3, 97, (1, 7))
-    packed = sample.generate(m, prompt, 20, greedy=True)
-    monkeypatch.setattr(quantize, "can_pack", lambda model: False)
-    assert torch.equal(sample.generate(m, prompt, 20, greedy=True), packed)
+    fast = sample.generate(m, prompt, 20, greedy=True)
+    monkeypatch.setattr(quantize, "gemv_pays", lambda model: False)
+    assert torch.equal(sample.generate(m, prompt, 20, greedy=True), fast)
 
 
 def test_int8_weights_stay_close_to_fp32():
