@@ -62,12 +62,13 @@ def _gemv(weight, max_rows):
 
     def run(x):
         rows = x.numel() // inp
-        if rows > max_rows or blocks == 1:  # many rows: a matrix product, which F.linear does well
+        if rows > max_rows or blocks == 1 or not x.is_contiguous():  # F.linear does matrix products well
             return F.linear(x, weight)
-        # the rows as columns, the same for every block: (blocks, in, rows); the transpose of a row-major
-        # (rows, in) is the layout MKL's batched product streams fastest (a copied column is 4x slower)
-        cols = x.reshape(1, rows, inp).transpose(1, 2).expand(blocks, -1, -1)
-        y = torch.bmm(w, cols).view(out, rows).t().contiguous()  # (rows, out); no copy for a single row
+        # the rows as columns, the same for every block: (blocks, in, rows) with strides (0, 1, in), a view of x;
+        # MKL's batched product streams this layout fastest (the same columns copied contiguous are 4x slower)
+        y = torch.bmm(w, x.as_strided((blocks, inp, rows), (0, 1, inp)))  # (blocks, out / blocks, rows)
+        if rows > 1:
+            y = y.view(out, rows).t().contiguous()
         return y.view(*x.shape[:-1], out)
     return run
 

@@ -209,8 +209,13 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     out[:, :T] = idx
     sync = torch.cuda.synchronize if idx.is_cuda else (lambda: None)
     t0 = time.perf_counter()
-    with contextlib.ExitStack() as weights:  # on a CPU, fp32 linear layers as batched matrix-vector products
-        if not compile:
+    for m in (model, assistant_model):
+        if m is not None:
+            _ensure_cache(m, B, T + max_new_tokens)
+    # inference mode: no autograd bookkeeping in any op, which a decode step's hundreds of small ops feel (about
+    # a sixth of a small model's CPU step); the caches and out are made before it, so they stay ordinary tensors
+    with contextlib.ExitStack() as weights, torch.inference_mode():
+        if not compile:  # on a CPU, fp32 linear layers as batched matrix-vector products (quantize.py)
             for m in (model, assistant_model):
                 if m is not None:
                     weights.enter_context(quantize.gemv(m))
@@ -233,7 +238,6 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
 def _decode(model, out, T, max_new, pick, seen, left_pad, eos, callback, step):
     """Plain decoding of a (left-padded) batch: prefill the prompt in one forward, then a token per step."""
     B, V = out.shape[0], model.config.vocab_size
-    _ensure_cache(model, B, T + max_new)
     logits = model(out[:, :T], input_pos=torch.arange(T, device=out.device), left_pad=left_pad)[:, -1]
     done = torch.zeros(B, dtype=torch.bool, device=out.device)
     for i in range(max_new):
@@ -256,9 +260,6 @@ def _speculate(model, out, T, max_new, probs, seen, k_lookup, max_ngram, draft_m
     (t_cached, d_cached) and feeds the rest at the next call; tokens it saw that were later rejected are
     simply overwritten, because the cache masks every slot past the current position (the rewind)."""
     V, dev = model.config.vocab_size, out.device
-    _ensure_cache(model, 1, T + max_new)
-    if draft_model is not None:
-        _ensure_cache(draft_model, 1, T + max_new)
     L, t_cached, d_cached, proposed, accepted = T, 0, 0, 0, 0
     while L < T + max_new:
         room = T + max_new - L - 1  # the round always adds one token of the target's own beyond the drafts

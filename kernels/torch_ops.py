@@ -50,13 +50,14 @@ class RMSNormTorch(torch.autograd.Function):
 
 
 def rotate(x, cos, sin):
-    """rope_eager's values, bit for bit, with one full-size output and no cat."""
-    d = x.shape[-1] // 2
+    """rope_eager's values, bit for bit, with one full-size output and no cat of x."""
     xf = x.to(_acc(x.dtype))
-    s = sin.unsqueeze(2)
-    out = xf * torch.cat([cos, cos], dim=-1).unsqueeze(2)  # x * cos over both halves
-    out[..., :d] -= xf[..., d:] * s
-    out[..., d:] += xf[..., :d] * s
+    x1, x2 = xf.chunk(2, dim=-1)
+    c, s = cos.unsqueeze(2), sin.unsqueeze(2)
+    out = xf * torch.cat([c, c], dim=-1)  # x * cos over both halves
+    o1, o2 = out.chunk(2, dim=-1)  # views: updated in place, not written back through indexing (a copy)
+    o1.sub_(x2 * s)
+    o2.add_(x1 * s)
     return out.to(x.dtype)
 
 
