@@ -304,7 +304,8 @@ def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast
                 steps[k + ", compiled"] = _step_timer(m, lambda x, y, c=c, loss=loss: loss(c, x, y), B, T,
                                                       elm.config.vocab_size, autocast)
         secs = results[precision] = interleaved_seconds(steps)
-        print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), {precision}, batch {B}x{T}, AdamW")
+        print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), {precision}, batch {B}x{T}, AdamW; "
+              f"seconds per step: the median over 7 interleaved rounds of each round's median of 3 steps")
         if compile:
             print("| model | eager ms/step | torch.compile ms/step | compiled / eager |\n|---|---|---|---|")
             for k in rows:

@@ -536,39 +536,23 @@ def main(argv):
         train(settings, resume_from)
 
 
-def train(settings, resume_from):
-    s = SimpleNamespace(**settings)
-    rank, world, local_rank, dev = init_distributed(s.device)
-    distributed, master = "RANK" in os.environ, rank == 0
-    fsdp = distributed and s.parallel == "fsdp"
-    if s.global_batch_size % (s.batch_size * world):
-        raise InputError(f"global_batch_size={s.global_batch_size} is not a multiple of batch_size * world size = "
-                         f"{s.batch_size} * {world}: change --global_batch_size or --batch_size")
-    micro_steps = s.global_batch_size // (s.batch_size * world)
-    torch.manual_seed(s.seed)
-    device_type = dev.split(":")[0]
-    ptdtype, autocast, scaler = precision(s.dtype, device_type, fsdp)
-
-    # data, and the schedule's step counts (epochs and warmup_ratio count chat rows)
-    meta, train_data, val_data, chat, pad_id, block_size = load_data(settings)
-    if s.eval_interval and val_data is None and master:
-        print(f"note: {s.data_dir} has no val split longer than block_size: no val loss")
+def schedule_of(s, chat, n_rows):
+    """(max_iters, lr_at's keywords). epochs and warmup_ratio set the step counts from the chat rows (n_rows)."""
     max_iters, lr_decay_iters, warmup_iters = s.max_iters, s.lr_decay_iters, s.warmup_iters
     if s.epochs > 0:
         if not chat:
             raise InputError(f"--epochs needs chat (row) data and {s.data_dir} is a token stream: set --max_iters")
-        max_iters = lr_decay_iters = math.ceil(s.epochs * len(train_data[0]) / s.global_batch_size)
+        max_iters = lr_decay_iters = math.ceil(s.epochs * n_rows / s.global_batch_size)
     if s.warmup_ratio > 0:
         warmup_iters = math.ceil(s.warmup_ratio * max_iters)
-    schedule = dict(learning_rate=s.learning_rate, min_lr=s.min_lr, warmup_iters=warmup_iters,
-                    warmup_init_lr=s.warmup_init_lr, lr_decay_iters=lr_decay_iters, lr_schedule=s.lr_schedule)
-    common = dict(rank=rank, world=world, batch_size=s.batch_size, global_batch_size=s.global_batch_size, seed=s.seed)
-    batch = functools.partial(get_rows, train_data, **common) if chat else \
-        functools.partial(get_batch, train_data, block_size=block_size, pad_id=pad_id, **common)
-    val = val_set(val_data, chat, s.eval_windows, block_size, s.seed, pad_id, rank, world, s.batch_size) \
-        if val_data is not None else []
+    return max_iters, dict(learning_rate=s.learning_rate, min_lr=s.min_lr, warmup_iters=warmup_iters,
+                           warmup_init_lr=s.warmup_init_lr, lr_decay_iters=lr_decay_iters, lr_schedule=s.lr_schedule)
 
-    # the model, then the optimizer (after sharding, so it holds the shards), then the weights and state it resumes
+
+def start_model(settings, resume_from, meta, block_size, chat, fsdp, dev, rank, world, ptdtype):
+    """(model on dev with LoRA, compile and FSDP applied, its optimizer, the step and val loss it starts from, what
+    its checkpoints record besides). The architecture actually trained goes into settings, which are printed."""
+    s, master, device_type = SimpleNamespace(**settings), rank == 0, dev.split(":")[0]
     model, base, base_ours = build_model(settings, resume_from, fsdp)
     config = model.config
     settings.update(dataclasses.asdict(config))  # the architecture actually trained is what is printed and saved
@@ -604,11 +588,41 @@ def train(settings, resume_from):
         import lora
         lora.init(model, s.seed)
         torch.manual_seed(s.seed + rank)  # adapter dropout: a mask stream per rank (rank 0's is one process's)
+    extra = {"lora": lora_config, "lora_base": os.path.abspath(checkpoint.resolve(base) or base)} if s.lora_rank else {}
+    return model, optimizer, step, val_loss, extra
+
+
+def train(settings, resume_from):
+    s = SimpleNamespace(**settings)
+    rank, world, local_rank, dev = init_distributed(s.device)
+    distributed, master = "RANK" in os.environ, rank == 0
+    fsdp = distributed and s.parallel == "fsdp"
+    if s.global_batch_size % (s.batch_size * world):
+        raise InputError(f"global_batch_size={s.global_batch_size} is not a multiple of batch_size * world size = "
+                         f"{s.batch_size} * {world}: change --global_batch_size or --batch_size")
+    micro_steps = s.global_batch_size // (s.batch_size * world)
+    torch.manual_seed(s.seed)
+    device_type = dev.split(":")[0]
+    ptdtype, autocast, scaler = precision(s.dtype, device_type, fsdp)
+
+    # data, and the schedule's step counts (epochs and warmup_ratio count chat rows)
+    meta, train_data, val_data, chat, pad_id, block_size = load_data(settings)
+    if s.eval_interval and val_data is None and master:
+        print(f"note: {s.data_dir} has no val split longer than block_size: no val loss")
+    max_iters, schedule = schedule_of(s, chat, len(train_data[0]))
+    common = dict(rank=rank, world=world, batch_size=s.batch_size, global_batch_size=s.global_batch_size, seed=s.seed)
+    batch = functools.partial(get_rows, train_data, **common) if chat else \
+        functools.partial(get_batch, train_data, block_size=block_size, pad_id=pad_id, **common)
+    val = val_set(val_data, chat, s.eval_windows, block_size, s.seed, pad_id, rank, world, s.batch_size) \
+        if val_data is not None else []
+
+    # the model, then the optimizer (after sharding, so it holds the shards), then the weights and state it resumes
+    model, optimizer, step, val_loss, extra = start_model(settings, resume_from, meta, block_size, chat, fsdp, dev,
+                                                          rank, world, ptdtype)
     raw = model  # the plain module: checkpoints and evaluation use it
     if distributed and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-    extra = {"lora": lora_config, "lora_base": os.path.abspath(checkpoint.resolve(base) or base)} if s.lora_rank else {}
     wandb = open_wandb(s, settings) if s.wandb_log and master else None
 
     # the loop

@@ -14,6 +14,7 @@ convention), GQA counted by query heads. Numbers are printed, never asserted. On
 code runs on tiny shapes, for the code path, not the numbers.
 """
 import sys
+import statistics
 import time
 
 import torch
@@ -293,15 +294,16 @@ def bench_kernels(args):
 
 # ----------------------------------------------------------------------------- CPU ops
 
-def interleaved_seconds(steps, rounds=5, n=3):
-    """Fastest seconds per step of each closure, run in turns so a busy shared CPU slows all of them alike."""
-    best = {name: float("inf") for name in steps}
+def interleaved_seconds(steps, rounds=7, n=3):
+    """Seconds per step of each closure: the median over rounds, taken in turns so that a busy shared CPU slows
+    all of them alike, of each round's median of n steps."""
+    times = {name: [] for name in steps}
     for name, s in steps.items():
         s()  # warm-up (allocator, first-call overheads)
     for _ in range(rounds):
         for name, s in steps.items():
-            best[name] = min(best[name], sorted(s() for _ in range(n))[n // 2])
-    return best
+            times[name].append(statistics.median(s() for _ in range(n)))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 
@@ -343,7 +345,7 @@ def bench_ops(B=8, T=256, V=8192):
         ("RoPE, 8x256x8x64 fp32", "autograd through kernels.rope_eager"): timed(lambda x: kernels.rope_eager(x, cos, sin), rq),
     }
     secs = interleaved_seconds(cases)
-    print(f"\nforward + backward on this CPU ({torch.get_num_threads()} threads), fastest median of 3 over 5 rounds")
+    print(f"\nforward + backward on this CPU ({torch.get_num_threads()} threads), median over 7 rounds of the median of 3")
     print("| op | implementation | ms |\n|---|---|---|")
     for (op, impl), sec in secs.items():
         print(f"| {op} | {impl} | {sec * 1e3:.2f} |")
