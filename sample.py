@@ -46,7 +46,7 @@ max_matching_ngram_size = 3  # longest n-gram prompt lookup matches
 assistant_model = ""  # a smaller model with the same tokenizer: draft-model speculative decoding
 num_assistant_tokens = 5  # tokens the draft proposes per target forward (gamma)
 chat = False  # wrap the prompt in the Open-Instruct chat template; a conversation when stdin is a terminal
-compile = False  # torch.compile the one-token decode step (CUDA graphs on a GPU)
+compile = False  # torch.compile the one-token decode step (CUDA graphs on a GPU; on a CPU the default is faster)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "auto"  # auto = bfloat16 on a GPU, float32 on a CPU; or float32 | bfloat16 | float16
 int8 = False  # weight-only int8 linear layers (quantize.py): a quarter of fp32's weight bytes per token
