@@ -55,6 +55,14 @@ def test_gemv_only_where_it_pays():
     assert not quantize.gemv_pays(m)  # gradients wanted: the modules must stay as they are
     with quantize.gemv(m):
         assert not any("forward" in l.__dict__ for l in m.modules())
+    m = model(vocab_size=96)  # a weight stored transposed (not contiguous): its blocks are strided views, still right
+    m.lm_head.weight = torch.nn.Parameter(m.lm_head.weight.detach().t().contiguous().t())
+    idx = torch.randint(0, 96, (1, 1))
+    with torch.no_grad():
+        plain = m(idx)
+        with quantize.gemv(m):
+            got = m(idx)
+    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
 
 
 def test_generate_uses_gemv_by_itself_and_decodes_the_same_tokens(monkeypatch):
