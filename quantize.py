@@ -5,11 +5,11 @@ the matmuls stream the weights:
     quantize.int8(model)        weight-only int8, in place: every nn.Linear's weight as int8 with one scale per
                                 output channel (w ~ scale[o] * q[o, i], q = round(w / scale), scale = max|w[o]| / 127);
                                 a quarter of fp32's bytes (sample.py and eval.py --int8=True)
-    with quantize.gemv(model):     while the block runs, fp32 linear layers multiply a decode step's few rows as
-                                batched matrix-vector products (sample.generate on a CPU does this by itself):
-                                the same products, their weights streamed two to four times as fast
+    with quantize.gemv(model):  while the block runs, fp32 linear layers and a tied output head multiply a decode
+                                step's few rows as batched matrix-vector products (sample.generate on a CPU does
+                                this by itself): the same products, their weights streamed two to four times as fast
 
-Embeddings stay as they are (a lookup reads one row), and so does a tied output head (it is the embedding).
+int8 leaves the embeddings as they are (a lookup reads one row), and so a tied output head too (it is the embedding).
 """
 import contextlib
 
@@ -57,7 +57,8 @@ def gemv_pays(model):
 def _gemv(weight, max_rows):
     """x -> x @ weight^T, computing at most max_rows rows as a batch of matrix-vector products (see gemv)."""
     out, inp = weight.shape
-    blocks = next((b for b in range(max(4, torch.get_num_threads()), 1, -1) if out % b == 0), 1)  # >= 1 a thread
+    # a block or more per thread where the rows divide so: the largest divisor of out up to max(4, threads)
+    blocks = next((b for b in range(max(4, torch.get_num_threads()), 1, -1) if out % b == 0), 1)
     w = weight.view(blocks, out // blocks, inp)  # a view, not a copy
 
     def run(x):
@@ -82,14 +83,18 @@ def gemv(model, max_rows=16):
     streams it at 20-40 GB/s, its blocks spread over the threads. The same products, summed in another order.
     The modules are left as they were, so training, saving and loading see nothing of it."""
     pays = gemv_pays(model)
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is None] if pays else []
+    # modules already rebound (a gemv block inside another, or a draft model that is the target) are left to it
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is None
+               and "forward" not in m.__dict__] if pays else []
+    head = pays and model.config.tie_embeddings and "head" not in model.__dict__
     for m in linears:
         m.forward = _gemv(m.weight, max_rows)
-    if pays and model.config.tie_embeddings:
+    if head:
         model.head = _gemv(model.tok_embeddings.weight, max_rows)
     try:
         yield
     finally:
         for m in linears:
             del m.forward
-        model.__dict__.pop("head", None)
+        if head:
+            del model.head

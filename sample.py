@@ -213,7 +213,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
         if m is not None:
             _ensure_cache(m, B, T + max_new_tokens)
     # inference mode: no autograd bookkeeping in any op, which a decode step's hundreds of small ops feel (about
-    # a sixth of a small model's CPU step); the caches and out are made before it, so they stay ordinary tensors
+    # a sixth of a small model's CPU step). What the caller keeps (the caches, out, and the views of out that
+    # callbacks see) is made outside it, so it stays ordinary tensors that autograd and in-place ops accept
     with contextlib.ExitStack() as weights, torch.inference_mode():
         if not compile:  # on a CPU, fp32 linear layers as batched matrix-vector products (quantize.py)
             for m in (model, assistant_model):
@@ -294,7 +295,7 @@ def _speculate(model, out, T, max_new, probs, seen, k_lookup, max_ngram, draft_m
         t_cached, d_cached = L - 1, min(d_cached, L - 1)  # the rewind: nothing past the accepted prefix counts
         if seen is not None:
             seen = mark_seen(seen, new[None])
-        if (callback is not None and callback(new[None])) or (len(eos) and bool(torch.isin(new, eos).any())):
+        if (callback is not None and callback(out[:, L - len(new):L])) or (len(eos) and bool(torch.isin(new, eos).any())):
             break
     return L, proposed, accepted
 

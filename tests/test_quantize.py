@@ -66,10 +66,18 @@ def test_gemv_only_where_it_pays():
 
 
 def test_generate_uses_gemv_by_itself_and_decodes_the_same_tokens(monkeypatch):
-    m, prompt = model(), torch.randint(3, 97, (1, 7))
+    m, prompt = model(tie_embeddings=True, vocab_size=96), torch.randint(3, 96, (1, 7))
+    calls, bmm = [], torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or bmm(*a))
     fast = sample.generate(m, prompt, 20, greedy=True)
+    assert len(calls) == 20 * (4 * len(m.layers) + 1)  # the 7-row prefill and 19 steps, the tied head included
+    calls.clear()
+    with torch.no_grad(), quantize.gemv(m):  # a block inside another, and a draft that is the target itself
+        assert torch.equal(sample.generate(m, prompt, 20, greedy=True, assistant_model=m), fast)
+    assert calls and not any("forward" in l.__dict__ for l in m.modules()) and "head" not in m.__dict__
     monkeypatch.setattr(quantize, "gemv_pays", lambda model: False)
-    assert torch.equal(sample.generate(m, prompt, 20, greedy=True), fast)
+    calls.clear()
+    assert torch.equal(sample.generate(m, prompt, 20, greedy=True), fast) and not calls
 
 
 def test_int8_weights_stay_close_to_fp32():

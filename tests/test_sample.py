@@ -209,6 +209,20 @@ def test_eos_and_callback_stop_generation():
     assert out.shape[1] == PROMPT.shape[1] + 3 and seen == [[[int(t)]] for t in plain[0, PROMPT.shape[1]:][:3]]
 
 
+def test_what_generate_hands_out_is_ordinary_tensors():
+    """generate decodes under inference_mode, but the ids it returns and the tokens its callback sees (plain and
+    speculative) are ordinary tensors: a caller can edit them in place and train on them."""
+    model = tiny_llama(0)
+    for kw in ({}, dict(prompt_lookup_num_tokens=3), dict(assistant_model=tiny_llama(3, n_layer=1))):
+        seen = []
+        out = sample.generate(model, PROMPT, 8, greedy=True, callback=seen.append, **kw)
+        for t in [out, *seen]:  # inference tensors refuse both of these outside inference mode
+            assert not t.is_inference(), kw
+            model.tok_embeddings(t).sum().backward()
+            t.add_(0)
+        model.zero_grad()
+
+
 class CharTokenizer:  # a character tokenizer, enough to check the chat format and streaming
     bos_id, eos_id, pad_id = 1, 2, 0
     chars = "\n <>|/abcdefghijklmnopqrstuvwxyz?!.,'"
