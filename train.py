@@ -536,13 +536,14 @@ def main(argv):
         train(settings, resume_from)
 
 
-def schedule_of(s, chat, n_rows):
-    """(max_iters, lr_at's keywords). epochs and warmup_ratio set the step counts from the chat rows (n_rows)."""
+def schedule_of(s, chat_rows):
+    """(max_iters, lr_at's keywords). epochs and warmup_ratio set the step counts from the number of chat rows
+    (None for a token stream, which has no epochs)."""
     max_iters, lr_decay_iters, warmup_iters = s.max_iters, s.lr_decay_iters, s.warmup_iters
     if s.epochs > 0:
-        if not chat:
+        if chat_rows is None:
             raise InputError(f"--epochs needs chat (row) data and {s.data_dir} is a token stream: set --max_iters")
-        max_iters = lr_decay_iters = math.ceil(s.epochs * n_rows / s.global_batch_size)
+        max_iters = lr_decay_iters = math.ceil(s.epochs * chat_rows / s.global_batch_size)
     if s.warmup_ratio > 0:
         warmup_iters = math.ceil(s.warmup_ratio * max_iters)
     return max_iters, dict(learning_rate=s.learning_rate, min_lr=s.min_lr, warmup_iters=warmup_iters,
@@ -609,7 +610,7 @@ def train(settings, resume_from):
     meta, train_data, val_data, chat, pad_id, block_size = load_data(settings)
     if s.eval_interval and val_data is None and master:
         print(f"note: {s.data_dir} has no val split longer than block_size: no val loss")
-    max_iters, schedule = schedule_of(s, chat, len(train_data[0]))
+    max_iters, schedule = schedule_of(s, len(train_data[0]) if chat else None)
     common = dict(rank=rank, world=world, batch_size=s.batch_size, global_batch_size=s.global_batch_size, seed=s.seed)
     batch = functools.partial(get_rows, train_data, **common) if chat else \
         functools.partial(get_batch, train_data, block_size=block_size, pad_id=pad_id, **common)

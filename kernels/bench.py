@@ -13,8 +13,8 @@ FLOPs of attention: forward 4 * B * Hq * Tq * Tk * D, halved when causal, backwa
 convention), GQA counted by query heads. Numbers are printed, never asserted. On a CPU (the interpreter) the same
 code runs on tiny shapes, for the code path, not the numbers.
 """
-import sys
 import statistics
+import sys
 import time
 
 import torch

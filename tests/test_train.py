@@ -324,6 +324,8 @@ def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path):
     assert [r["step"] for r in log] == list(range(1, 9))  # ceil(3 * 10 / 4) = 8 steps
     lrs = [r["lr"] for r in log]  # warmup ceil(0.2 * 8) = 2 steps from warmup_init_lr, then linear to 0 at step 8
     assert math.isclose(lrs[2], 3e-3) and math.isclose(lrs[5], 3e-3 * 3 / 6) and lrs[1] < lrs[2]
+    with pytest.raises(InputError, match="--epochs needs chat"):  # a token stream has no epochs to count
+        train.schedule_of(train.SimpleNamespace(**{**train.settings_for([], {}), "epochs": 1.0}), None)
 
 
 def test_bf16_on_a_cpu_without_fast_bf16_trains_in_float32(monkeypatch, capsys):
