@@ -214,4 +214,4 @@ def cross_entropy(logits, targets, z_loss=0.0, backend="auto"):
     _check(backend)
     if backend == "eager" or torch.compiler.is_compiling():
         return cross_entropy_eager(logits, targets, z_loss)
-    return CrossEntropy.apply(logits, targets, z_loss)
+    return CrossEntropy.apply(logits, targets, z_loss, torch.is_grad_enabled() and logits.requires_grad)

@@ -78,39 +78,47 @@ class RoPETorch(torch.autograd.Function):
 class CrossEntropy(torch.autograd.Function):
     """cross_entropy_eager's loss, computed in fp32 (or wider); the gradient is
     softmax * (1 + 2 z_loss lse) - onehot(target), over the number of targets.
-    The (tokens, vocab) logits are the largest tensor of a small model's step. Autograd through
-    F.cross_entropy (plus a logsumexp for z-loss) keeps an fp32 copy of it for backward and allocates
-    several more, and on a CPU a fresh allocation that size costs more than the math (every page faults
-    in). Here only the logits and one logsumexp per token are kept, and both passes work through them a
-    block of rows at a time, in an fp32 buffer small enough for the allocator to reuse."""
+    The (tokens, vocab) logits are the largest tensor of a small model's step, and the loss is a scalar, so its
+    gradient with respect to the logits is known at forward time up to the one number backward brings. Forward
+    works through the logits a block of rows at a time (a block small enough to stay in cache and for the
+    allocator to reuse) and turns each block's exponentials into its gradient at once; backward only scales it.
+    That is one exp and one fp32 pass over the logits where computing the softmax again in backward takes two,
+    and nothing is saved but the gradient. Autograd through F.cross_entropy (plus a logsumexp for z-loss)
+    keeps an fp32 copy of the logits and allocates several more. need_grad: whether to compute the gradient
+    (Function.forward runs without grad mode, so the caller says)."""
 
     @staticmethod
-    def forward(ctx, logits, targets, z_loss):  # logits (N, V), targets (N,)
+    def forward(ctx, logits, targets, z_loss, need_grad):  # logits (N, V), targets (N,)
         acc = _acc(logits.dtype)
         lse = torch.empty(logits.shape[0], dtype=acc, device=logits.device)
-        for r in CrossEntropy.blocks(logits):
-            x = logits[r].to(acc, copy=True)
-            m = x.amax(-1, keepdim=True)
-            lse[r] = x.sub_(m).exp_().sum(-1).log_() + m.squeeze(1)
         valid = (targets != IGNORE_INDEX).to(acc)
         n = valid.sum().clamp(min=1)  # an all-ignored batch gives 0, not NaN
+        w = (valid / n).unsqueeze(1)  # d loss / d (per-token loss), 0 where ignored
         tgt = targets.clamp(min=0).unsqueeze(1)
+        # fp16 keeps the gradient in fp32 until backward applies the loss scale: unscaled, it underflows
+        dlogits = torch.empty_like(logits, dtype=acc if logits.dtype == torch.float16 else None) if need_grad else None
+        for r in CrossEntropy.blocks(logits):
+            x = logits[r]
+            m = x.amax(-1, keepdim=True).to(acc)
+            here = need_grad and dlogits.dtype == acc  # then the block is worked on where its gradient goes
+            e = torch.sub(x, m, out=dlogits[r]) if here else x - m  # x - m is in acc: m is
+            s = e.exp_().sum(-1, keepdim=True)
+            lse[r] = (s.log() + m).squeeze(1)
+            if need_grad:  # softmax = e / s, times (1 + 2 z_loss lse) w, minus w at the target
+                g = e.mul_((1 + 2 * z_loss * lse[r, None]) * w[r] / s).scatter_add_(1, tgt[r], -w[r])
+                if not here:
+                    dlogits[r] = g
         nll = lse - logits.gather(1, tgt).squeeze(1).to(acc)
-        loss = ((nll + z_loss * lse * lse) * valid).sum() / n
-        ctx.save_for_backward(logits, tgt, valid * (1 / n), lse)
-        ctx.z_loss = z_loss
-        return loss
+        ctx.dlogits, ctx.dtype = dlogits, logits.dtype
+        return ((nll + z_loss * lse * lse) * valid).sum() / n
 
     @staticmethod
     def backward(ctx, grad):
-        logits, tgt, weight, lse = ctx.saved_tensors
-        w = (grad * weight).unsqueeze(1)  # d loss / d (per-token loss), 0 where ignored
-        scale = (1 + 2 * ctx.z_loss * lse).unsqueeze(1) * w
-        dlogits = torch.empty_like(logits)
-        for r in CrossEntropy.blocks(logits):
-            p = logits[r].to(lse.dtype, copy=True).sub_(lse[r, None]).exp_()  # softmax
-            dlogits[r] = p.mul_(scale[r]).scatter_add_(1, tgt[r], -w[r])
-        return dlogits, None, None
+        dlogits, ctx.dlogits = ctx.dlogits, None  # scaled in place, so it serves one backward
+        if dlogits is None:
+            raise RuntimeError("kernels.cross_entropy's gradient was made for one backward (no retain_graph), "
+                               "or with grad mode off")
+        return dlogits.mul_(grad).to(ctx.dtype), None, None, None
 
     @staticmethod
     def blocks(logits):

@@ -346,13 +346,51 @@ def test_cross_entropy_gradient_equals_autograd_of_the_formula(z_loss, backend, 
     before = logits.detach().clone()
     got = kernels.cross_entropy(logits, targets, z_loss, backend=backend)
     assert (type(got.grad_fn).__name__ == "CrossEntropyBackward") == (backend != "eager")  # which one ran
-    (got_grad,) = torch.autograd.grad(got * 1.0, logits)
-    assert torch.equal(logits, before)  # the in-place sub_/exp_ work on block copies, never the caller's logits
+    (got_grad,) = torch.autograd.grad(got * 3.0, logits)  # backward scales the gradient forward made
+    assert torch.equal(logits, before)  # the in-place exp_/mul_ work on the gradient's storage, never the logits
     torch.testing.assert_close(got, want)
-    torch.testing.assert_close(got_grad, want_grad)
+    torch.testing.assert_close(got_grad, 3.0 * want_grad)
     assert torch.all(got_grad[[2, 7]] == 0)  # ignored positions get no gradient
     everything_ignored = torch.full((13,), IGNORE_INDEX)
     assert kernels.cross_entropy(logits, everything_ignored, z_loss, backend=backend).item() == 0.0  # not NaN
+
+
+def test_cross_entropy_fp16_gradient_survives_the_loss_scale():
+    """The loss's gradient is made in forward, before backward brings GradScaler's factor: in fp16 it is kept in
+    fp32 until then, so the small softmax terms are scaled into fp16's range instead of flushed to zero first."""
+    import kernels
+    torch.manual_seed(0)
+    logits = (torch.randn(256, 1000, dtype=torch.float64) * 3)
+    targets = torch.randint(0, 1000, (256,))
+    scale = 2.0 ** 16
+    x = logits.clone().requires_grad_()
+    (torch.nn.functional.cross_entropy(x, targets) * scale).backward()
+    want = x.grad.half()
+    h = logits.half().requires_grad_()
+    (kernels.cross_entropy(h, targets, backend="sdpa") * scale).backward()
+    assert h.grad.dtype == torch.float16
+    assert (h.grad != 0).sum() == (want != 0).sum()  # unscaled fp16 would flush most of these to zero
+    torch.testing.assert_close(h.grad.float(), want.float(), rtol=2e-2, atol=1e-3)
+
+
+def test_cross_entropy_backward_runs_once_and_no_gradient_without_grad_mode(monkeypatch):
+    """The gradient made in forward is scaled in place: a second backward through the same graph is refused
+    rather than scaled twice. With grad mode off no gradient buffer is made, and the loss is the same."""
+    import kernels
+    logits = torch.randn(6, 11, requires_grad=True)
+    targets = torch.randint(0, 11, (6,))
+    loss = kernels.cross_entropy(logits, targets, backend="sdpa")
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward"):
+        loss.backward()
+    made = []
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda t, **kw: made.append(t.shape) or empty_like(t, **kw))
+    with torch.no_grad():
+        assert kernels.cross_entropy(logits, targets, backend="sdpa").item() == loss.item()
+    assert made == []
+    kernels.cross_entropy(logits, targets, backend="sdpa")
+    assert made == [logits.shape]  # the gradient buffer, with grad mode on
 
 
 def test_optimizer_weight_decay_groups():
