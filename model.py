@@ -181,14 +181,14 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, n_embd, ffn_dim):
+    def __init__(self, n_embd, ffn_dim, backend):
         super().__init__()
+        self.backend = backend
         self.gate_up_proj = nn.Linear(n_embd, 2 * ffn_dim, bias=False)  # rows [gate | up]: FeedForwardNetwork applies SiLU to the first half
         self.down_proj = nn.Linear(ffn_dim, n_embd, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(kernels.swiglu(self.gate_up_proj(x), backend=self.backend))
 
 
 class Block(nn.Module):
@@ -197,7 +197,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(config.n_embd, config.norm_eps, config.backend)
         self.attn = Attention(config, n_head, n_kv_head)
         self.ffn_norm = RMSNorm(config.n_embd, config.norm_eps, config.backend)
-        self.ffn = FeedForward(config.n_embd, ffn_dim)
+        self.ffn = FeedForward(config.n_embd, ffn_dim, config.backend)
 
     def forward(self, x, cos, sin, input_pos=None, mask=None, length=None):
         x = x + self.attn(self.attn_norm(x), cos, sin, input_pos, mask, length)

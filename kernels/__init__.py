@@ -1,5 +1,5 @@
 """
-The kernel switch: the model reaches attention, RMSNorm, RoPE and the loss only through these four functions.
+The kernel switch: the model reaches attention, RMSNorm, RoPE, SwiGLU and the loss only through these five functions.
 
 backend is one of:
   "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs; each Triton kernel only
@@ -8,8 +8,8 @@ backend is one of:
   "triton" our Triton kernels; on a CPU only under TRITON_INTERPRET=1, which is how the tests run them
   "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm, RoPE and the loss as autograd
            Functions of PyTorch ops with hand-written backward passes: the eager values, with a fraction of
-           the allocations, which is what a CPU step spends its time on (the loss takes this path under
-           "auto" and "triton" too: there is no Triton loss)
+           the allocations, which is what a CPU step spends its time on (SwiGLU and the loss take this path
+           under "auto" and "triton" too: there is no Triton SwiGLU or loss)
   "eager"  plain PyTorch, written for clarity: the reference the other backends are tested against
 
 The files, each importing only those below it:
@@ -18,8 +18,9 @@ The files, each importing only those below it:
   rmsnorm.py          Triton: fused RMSNorm forward and backward
   rope.py             Triton: RoPE on q and k in one launch, forward and backward
   common.py           what the Triton files share (interpreter flag and fix, launcher helpers)
-  torch_ops.py        "sdpa": attention_sdpa, RMSNormTorch, RoPETorch, CrossEntropy
-  reference.py        "eager": attention_eager, rms_norm_eager, rope_eager, cross_entropy_eager; IGNORE_INDEX
+  torch_ops.py        "sdpa": attention_sdpa, RMSNormTorch, RoPETorch, SwiGLUTorch, CrossEntropy
+  reference.py        "eager": attention_eager, rms_norm_eager, rope_eager, swiglu_eager, cross_entropy_eager;
+                      IGNORE_INDEX
   compile_check.py    compiles every Triton kernel for an NVIDIA GPU without one (python -m kernels.compile_check)
 The references and torch ops are importable from here too (kernels.attention_eager, kernels.RMSNormTorch):
 tests and benchmarks call them by those names.
@@ -34,8 +35,8 @@ import sys
 import torch
 
 from kernels.reference import (IGNORE_INDEX, attention_eager, cross_entropy_eager, rel_err, rms_norm_eager,  # noqa: F401
-                               rope_eager)
-from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, attention_sdpa, rotate
+                               rope_eager, swiglu_eager)
+from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, SwiGLUTorch, attention_sdpa, rotate
 
 BACKENDS = ("auto", "triton", "sdpa", "eager")
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what "auto" sends to the norm/RoPE kernels
@@ -202,6 +203,18 @@ def apply_rope(q, k, cos, sin, backend="auto"):
     if not torch.is_grad_enabled():  # the Function's forward, without the autograd bookkeeping
         return rotate(q, cos, sin), rotate(k, cos, sin)
     return RoPETorch.apply(q, cos, sin), RoPETorch.apply(k, cos, sin)
+
+
+# ----------------------------------------------------------------------------- SwiGLU
+
+def swiglu(gate_up, backend="auto"):
+    """silu(gate) * up for gate_up = [gate | up] on the last dimension. There is no Triton SwiGLU: "eager",
+    torch.compile (which fuses the formula itself) and no-grad calls take the formula, every other backend
+    SwiGLUTorch."""
+    _check(backend)
+    if backend == "eager" or torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        return swiglu_eager(gate_up)
+    return SwiGLUTorch.apply(gate_up)
 
 
 # ----------------------------------------------------------------------------- the loss

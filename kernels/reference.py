@@ -71,6 +71,13 @@ def rope_eager(x, cos, sin):
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
 
 
+def swiglu_eager(gate_up):
+    """SwiGLU on the fused projection's output [gate | up] (last dimension): silu(gate) * up, as CoreNet's
+    FeedForwardNetwork.forward (silu of the first half) and LlamaMLP (act_fn(gate_proj(x)) * up_proj(x))."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 def cross_entropy_eager(logits, targets, z_loss=0.0):
     """Mean over targets != IGNORE_INDEX of -log softmax(logits)[target] + z_loss * logsumexp(logits)^2, in
     fp32 (or wider). logits (N, V), targets (N,). An all-ignored batch gives 0, not NaN. The z-loss is

@@ -49,6 +49,29 @@ class RMSNormTorch(torch.autograd.Function):
         return dx.to(x.dtype), None if dw is None else dw.to(weight.dtype), None
 
 
+class SwiGLUTorch(torch.autograd.Function):
+    """swiglu_eager's values with a backward that writes both halves' gradients into one tensor: autograd
+    through chunk, silu and mul ends in a cat of the two, an extra pass over the widest activation of the
+    layer. The same ops otherwise, so the gradients are autograd's bit for bit."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        s = F.silu(gate)
+        ctx.save_for_backward(gate_up, s)
+        return s * up
+
+    @staticmethod
+    def backward(ctx, dy):
+        gate_up, s = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        d = torch.empty_like(gate_up)
+        dgate, dup = d.chunk(2, dim=-1)
+        torch.ops.aten.silu_backward.grad_input(dy * up, gate, grad_input=dgate)
+        torch.mul(dy, s, out=dup)
+        return d
+
+
 def rotate(x, cos, sin):
     """rope_eager's values, bit for bit, with one full-size output and no cat of x."""
     xf = x.to(_acc(x.dtype))

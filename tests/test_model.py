@@ -245,6 +245,25 @@ def test_rope_torch_path_equals_eager(dtype):
     torch.testing.assert_close(x.grad.double(), xd.grad, atol=tol * xd.grad.abs().max().item(), rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_torch_path_equals_autograd_of_the_formula(dtype, monkeypatch):
+    """kernels.SwiGLUTorch (both halves' gradients written into one tensor, no cat): swiglu_eager's values
+    and autograd's gradients through it, bit for bit; and it is what the sdpa backend runs with grad on."""
+    import kernels
+    torch.manual_seed(0)
+    gate_up = (3 * torch.randn(2, 9, 2 * 13)).to(dtype).requires_grad_()
+    y = kernels.swiglu(gate_up, backend="sdpa")
+    assert type(y.grad_fn).__name__ == "SwiGLUTorchBackward"
+    dy = torch.randn(y.shape).to(dtype)
+    (got,) = torch.autograd.grad(y, gate_up, dy)
+    want_y = kernels.swiglu_eager(gate_up)
+    (want,) = torch.autograd.grad(want_y, gate_up, dy)
+    assert torch.equal(y, want_y) and torch.equal(got, want)
+    monkeypatch.setattr(kernels.SwiGLUTorch, "apply", None)  # decoding takes the formula: no Function to enter
+    with torch.no_grad():
+        assert torch.equal(kernels.swiglu(gate_up, backend="sdpa"), want_y)
+
+
 def test_compiled_training_step_equals_eager():
     """Under torch.compile the loss, norms and RoPE trace their plain formulas (the kernel switch checks
     torch.compiler.is_compiling) instead of the hand-written Functions: same loss, same gradients, ignored
