@@ -317,6 +317,7 @@ def bench_ops(B=8, T=256, V=8192):
     q, qw = torch.randn(B, T, 12, 64, generator=g).bfloat16()[:, :, :8], torch.ones(64, requires_grad=True)  # q of qkv
     rq, angle = torch.randn(B, T, 8, 64, generator=g), torch.randn(1, T, 32, generator=g)
     cos, sin = angle.cos(), angle.sin()
+    gate_up = torch.randn(B, T, 2 * 1536, generator=g)  # elm_tiny's widest FFN
 
     def timed(fn, x):
         def step():
@@ -340,6 +341,8 @@ def bench_ops(B=8, T=256, V=8192):
         ("QK-norm, 8x256x8x64 bf16 slice", "autograd through kernels.rms_norm_eager"): timed(lambda x: kernels.rms_norm_eager(x, qw, 1e-6), q),
         ("RoPE, 8x256x8x64 fp32", "ours: kernels.RoPETorch"): timed(lambda x: kernels.RoPETorch.apply(x, cos, sin), rq),
         ("RoPE, 8x256x8x64 fp32", "autograd through kernels.rope_eager"): timed(lambda x: kernels.rope_eager(x, cos, sin), rq),
+        ("SwiGLU, 8x256x(2x1536) fp32", "ours: kernels.SwiGLUTorch"): timed(kernels.SwiGLUTorch.apply, gate_up),
+        ("SwiGLU, 8x256x(2x1536) fp32", "autograd through kernels.swiglu_eager"): timed(kernels.swiglu_eager, gate_up),
     }
     secs = interleaved_seconds(cases)
     print(f"\nforward + backward on this CPU ({torch.get_num_threads()} threads), median over 7 rounds of the median of 3")

@@ -124,7 +124,7 @@ class CrossEntropy(torch.autograd.Function):
             x = logits[r]
             m = x.amax(-1, keepdim=True).to(acc)
             here = need_grad and dlogits.dtype == acc  # then the block is worked on where its gradient goes
-            e = torch.sub(x, m, out=dlogits[r]) if here else x - m  # x - m is in acc: m is
+            e = torch.sub(x, m, out=dlogits[r]) if here else x - m  # in acc either way (m is)
             s = e.exp_().sum(-1, keepdim=True)
             lse[r] = (s.log() + m).squeeze(1)
             if need_grad:  # softmax = e / s, times (1 + 2 z_loss lse) w, minus w at the target
