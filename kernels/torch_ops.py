@@ -1,6 +1,6 @@
 """
-What "sdpa" runs: PyTorch's fused attention, and RMSNorm, RoPE and the loss as autograd Functions of PyTorch
-ops with hand-written backward passes. They give the eager references' values (kernels/reference.py) with a
+What "sdpa" runs: PyTorch's fused attention, and RMSNorm, RoPE, SwiGLU and the loss as autograd Functions of
+PyTorch ops with hand-written backward passes. They give the eager references' values (kernels/reference.py) with a
 fraction of the allocations, which is what a CPU step spends its time on.
 """
 import torch
@@ -108,7 +108,11 @@ class CrossEntropy(torch.autograd.Function):
     That is one exp and one fp32 pass over the logits where computing the softmax again in backward takes two,
     and nothing is saved but the gradient. Autograd through F.cross_entropy (plus a logsumexp for z-loss)
     keeps an fp32 copy of the logits and allocates several more. need_grad: whether to compute the gradient
-    (Function.forward runs without grad mode, so the caller says)."""
+    (Function.forward runs without grad mode, so the caller says).
+    The gradient is stored in the logits' dtype (fp16 excepted, see below), so in bf16 it is rounded before
+    backward's factor arrives: where that factor is not 1 (train.py weighs uneven micro-batches), an element
+    can be one bf16 step from a single rounding. Keeping it in fp32 instead would make it twice the size of
+    the logits, the largest tensor of the step."""
 
     @staticmethod
     def forward(ctx, logits, targets, z_loss, need_grad):  # logits (N, V), targets (N,)

@@ -388,8 +388,32 @@ def test_cross_entropy_fp16_gradient_survives_the_loss_scale():
     h = logits.half().requires_grad_()
     (kernels.cross_entropy(h, targets, backend="sdpa") * scale).backward()
     assert h.grad.dtype == torch.float16
-    assert (h.grad != 0).sum() == (want != 0).sum()  # unscaled fp16 would flush most of these to zero
+    assert (h.grad != 0).sum() >= 0.999 * (want != 0).sum()  # unscaled fp16 flushes ~40% of them to zero
     torch.testing.assert_close(h.grad.float(), want.float(), rtol=2e-2, atol=1e-3)
+
+
+def test_cross_entropy_bf16_gradient_over_blocks_is_within_a_bf16_step(monkeypatch):
+    """bf16 logits (the path that converts each block's fp32 gradient into the bf16 one), several blocks, a
+    backward factor other than 1: the gradient rounded in forward and scaled in backward stays within one bf16
+    step (2^-7 relative) of the float64 formula's."""
+    import kernels
+    from kernels.torch_ops import CrossEntropy
+    monkeypatch.setattr(CrossEntropy, "blocks", staticmethod(lambda x: [slice(i, i + 5) for i in range(0, len(x), 5)]))
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(23, 64)).bfloat16()
+    targets = torch.randint(0, 64, (23,))
+    targets[[3, 11]] = IGNORE_INDEX
+    x = logits.double().requires_grad_()
+    keep = targets != IGNORE_INDEX
+    lse = torch.logsumexp(x[keep], -1)
+    want = torch.nn.functional.cross_entropy(x[keep], targets[keep]) + 1e-2 * lse.pow(2).mean()
+    (want_grad,) = torch.autograd.grad(want * 0.37, x)
+    b = logits.clone().requires_grad_()
+    got = kernels.cross_entropy(b, targets, 1e-2, backend="sdpa")
+    (got_grad,) = torch.autograd.grad(got * 0.37, b)
+    assert got_grad.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-6, atol=0)  # the loss itself in fp32
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=2 ** -7, atol=1e-6 * want_grad.abs().max().item())
 
 
 def test_cross_entropy_backward_runs_once_and_no_gradient_without_grad_mode(monkeypatch):
