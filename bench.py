@@ -258,9 +258,20 @@ def _hf_loss(hf, x, y):
     return F.cross_entropy(hf(input_ids=x).logits.float().flatten(0, 1), y.flatten())
 
 
+def adamw(model):
+    """The AdamW each codebase steps with: ours as train.py makes it (configure_optimizers: the fused kernel
+    wherever PyTorch has one, a CPU included), nanoGPT's configure_optimizers rule (fused only on CUDA, so
+    foreach on a CPU), transformers' Trainer default since torch 2.8 (adamw_torch_fused)."""
+    if isinstance(model, Transformer):
+        return model.configure_optimizers(0.1, 1e-4, (0.9, 0.95))
+    fused = not isinstance(model, GPT) or next(model.parameters()).is_cuda
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused)
+
+
 def _step_timer(model, loss_fn, B, T, vocab, autocast):
-    """A closure running one training step (under autocast(), AdamW, clip) and returning its seconds."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    """A closure running one training step (under autocast(), the model's codebase's AdamW, clip) and returning
+    its seconds; its .optimizer names the AdamW implementation."""
+    opt = adamw(model)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(vocab, (B, T), generator=g), torch.randint(vocab, (B, T), generator=g)
 
@@ -273,13 +284,14 @@ def _step_timer(model, loss_fn, B, T, vocab, autocast):
         opt.step()
         opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t
+    step.optimizer = "fused" if opt.defaults["fused"] else "foreach"
     return step
 
 
 def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast", "fp32")):
     """Training tokens/s and FLOP/s on this machine's CPU: elm_tiny and llama_tiny (ours) against nanoGPT's GPT
-    and transformers' LlamaForCausalLM of matching size, batch B x T, AdamW, in bf16 autocast and in plain fp32
-    (each precision its own interleaved rounds). Each model's training FLOPs per token are printed beside its
+    and transformers' LlamaForCausalLM of matching size, batch B x T, each codebase's AdamW (adamw), in bf16
+    autocast and in plain fp32 (each precision its own interleaved rounds). Each model's training FLOPs per token are printed beside its
     speed, so a model that is faster because it does less work shows as such. With compile: bf16 only, each
     model timed both eager and through torch.compile (inductor), in the same turns."""
     torch.manual_seed(0)
@@ -304,19 +316,19 @@ def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast
                 steps[k + ", compiled"] = _step_timer(m, lambda x, y, c=c, loss=loss: loss(c, x, y), B, T,
                                                       elm.config.vocab_size, autocast)
         secs = results[precision] = interleaved_seconds(steps)
-        print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), {precision}, batch {B}x{T}, AdamW; "
-              f"seconds per step: the median over 7 interleaved rounds of each round's median of 3 steps")
+        print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), {precision}, batch {B}x{T}, each "
+              f"codebase's AdamW; seconds per step: the median over 7 interleaved rounds of each round's median of 3 steps")
         if compile:
             print("| model | eager ms/step | torch.compile ms/step | compiled / eager |\n|---|---|---|---|")
             for k in rows:
                 print(f"| {k} | {secs[k] * 1e3:.0f} | {secs[k + ', compiled'] * 1e3:.0f} | "
                       f"{secs[k + ', compiled'] / secs[k]:.2f} |")
             continue
-        print("| model | params | MFLOPs/token | tokens/s | GFLOP/s | ms/step |\n|---|---|---|---|---|---|")
+        print("| model | params | MFLOPs/token | AdamW | tokens/s | GFLOP/s | ms/step |\n|---|---|---|---|---|---|---|")
         for k, (m, _, fpt) in rows.items():
             tok_s = B * T / secs[k]
-            print(f"| {k} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M | {fpt / 1e6:.1f} | {tok_s:,.0f} | "
-                  f"{fpt * tok_s / 1e9:.1f} | {secs[k] * 1e3:.0f} |")
+            print(f"| {k} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M | {fpt / 1e6:.1f} | {steps[k].optimizer} | "
+                  f"{tok_s:,.0f} | {fpt * tok_s / 1e9:.1f} | {secs[k] * 1e3:.0f} |")
         print(f"ours / theirs, time per step: elm_tiny / GPT "
               f"{secs['ours: elm_tiny (OpenELM)'] / secs['nanoGPT GPT (7L, 320d)']:.2f}, llama_tiny / HF Llama "
               f"{secs['ours: llama_tiny'] / secs['HF LlamaForCausalLM (= llama_tiny)']:.2f}")

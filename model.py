@@ -349,8 +349,8 @@ class Transformer(nn.Module):
         decay = [p for p in params if p.dim() >= 2 or not exclude_1d]
         no_decay = [p for p in params if p.dim() < 2 and exclude_1d]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if fused is None:
-            fused = all(p.is_cuda for p in params)
+        if fused is None:  # one kernel for all parameters where PyTorch has it: on a CPU 4-5x faster than foreach
+            fused = all(p.device.type in ("cuda", "cpu") for p in params)
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused)
 
 

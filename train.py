@@ -574,7 +574,7 @@ def start_model(settings, resume_from, meta, block_size, chat, fsdp, dev, rank, 
     model = prepare_model(model, s, lora_config, fsdp, device_type, dev, world, ptdtype,
                           from_scratch=base is None and resume_from is None)
     optimizer = model.configure_optimizers(s.weight_decay, s.learning_rate, (s.beta1, s.beta2), s.adam_eps,
-                                           s.wd_exclude_1d, fused=device_type == "cuda")
+                                           s.wd_exclude_1d)
     step, val_loss = 0, None
     if base_ours and (s.lora_rank or not resume_from):  # a LoRA resume needs its frozen base too
         checkpoint.load_weights(base_ours, model)

@@ -23,3 +23,12 @@ def test_weight_bytes_reads_one_embedding_row_unless_the_head_is_tied():
     tied = Transformer(ModelConfig(**TINY_ELM))
     assert tied.config.tie_embeddings
     assert bench.weight_bytes(tied) == sum(p.numel() * 4 for p in tied.parameters())
+
+
+def test_each_codebase_steps_with_its_own_adamw():
+    """The training benchmark gives each model the AdamW its codebase uses on a CPU: ours as train.py makes it
+    (fused), nanoGPT's rule (fused only on CUDA: foreach here), transformers' Trainer default (fused)."""
+    ours = Transformer(ModelConfig(**TINY_ELM))
+    assert bench.adamw(ours).defaults["fused"] and len(bench.adamw(ours).param_groups) == 2  # configure_optimizers
+    assert not bench.adamw(bench.GPT(97, 16, n_layer=1, n_embd=32, n_head=2)).defaults["fused"]
+    assert bench.adamw(bench.hf_twin(Transformer(ModelConfig(**TINY)))[0]).defaults["fused"]

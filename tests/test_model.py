@@ -446,6 +446,7 @@ def test_optimizer_weight_decay_groups():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), exclude_1d=False)  # EasyLM: decay everything
     assert len(opt.param_groups[0]["params"]) == len(list(model.parameters()))
+    assert opt.defaults["fused"]  # one fused kernel on a CPU too (train.py's optimizer): 4-5x faster than foreach
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_elm])
