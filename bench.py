@@ -15,6 +15,7 @@ import contextlib
 import copy
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -315,7 +316,8 @@ def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast
                 c = torch.compile(m)
                 steps[k + ", compiled"] = _step_timer(m, lambda x, y, c=c, loss=loss: loss(c, x, y), B, T,
                                                       elm.config.vocab_size, autocast)
-        secs = results[precision] = interleaved_seconds(steps)
+        rounds = interleaved_seconds(steps, per_round=True)
+        secs = results[precision] = {k: statistics.median(t) for k, t in rounds.items()}
         print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), {precision}, batch {B}x{T}, each "
               f"codebase's AdamW; seconds per step: the median over 7 interleaved rounds of each round's median of 3 steps")
         if compile:
@@ -329,9 +331,12 @@ def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast
             tok_s = B * T / secs[k]
             print(f"| {k} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M | {fpt / 1e6:.1f} | {steps[k].optimizer} | "
                   f"{tok_s:,.0f} | {fpt * tok_s / 1e9:.1f} | {secs[k] * 1e3:.0f} |")
-        print(f"ours / theirs, time per step: elm_tiny / GPT "
-              f"{secs['ours: elm_tiny (OpenELM)'] / secs['nanoGPT GPT (7L, 320d)']:.2f}, llama_tiny / HF Llama "
-              f"{secs['ours: llama_tiny'] / secs['HF LlamaForCausalLM (= llama_tiny)']:.2f}")
+        # each round's ratio, of two timings taken back to back, then the median: a load that drifts between
+        # rounds cancels in the ratio instead of in two medians taken apart
+        ratio = lambda a, b: statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))  # noqa: E731
+        print(f"ours / theirs, time per step (the median of the rounds' ratios): elm_tiny / GPT "
+              f"{ratio('ours: elm_tiny (OpenELM)', 'nanoGPT GPT (7L, 320d)'):.2f}, llama_tiny / HF Llama "
+              f"{ratio('ours: llama_tiny', 'HF LlamaForCausalLM (= llama_tiny)'):.2f}")
     return results
 
 

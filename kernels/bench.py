@@ -294,16 +294,16 @@ def bench_kernels(args):
 
 # ----------------------------------------------------------------------------- CPU ops
 
-def interleaved_seconds(steps, rounds=7, n=3):
+def interleaved_seconds(steps, rounds=7, n=3, per_round=False):
     """Seconds per step of each closure: the median over rounds, taken in turns so that a busy shared CPU slows
-    all of them alike, of each round's median of n steps."""
+    all of them alike, of each round's median of n steps (per_round: each round's, in order)."""
     times = {name: [] for name in steps}
     for name, s in steps.items():
         s()  # warm-up (allocator, first-call overheads)
     for _ in range(rounds):
         for name, s in steps.items():
             times[name].append(statistics.median(s() for _ in range(n)))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times if per_round else {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_ops(B=8, T=256, V=8192):

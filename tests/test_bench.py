@@ -32,3 +32,16 @@ def test_each_codebase_steps_with_its_own_adamw():
     assert bench.adamw(ours).defaults["fused"] and len(bench.adamw(ours).param_groups) == 2  # configure_optimizers
     assert not bench.adamw(bench.GPT(97, 16, n_layer=1, n_embd=32, n_head=2)).defaults["fused"]
     assert bench.adamw(bench.hf_twin(Transformer(ModelConfig(**TINY)))[0]).defaults["fused"]
+
+
+def test_interleaved_seconds_takes_turns_and_gives_each_rounds_median():
+    """Rounds go in turns (a, b, a, b, ...); per_round gives each round's median of n steps, in order, which
+    bench.py pairs into one ratio per round; without it, the median over the rounds."""
+    from kernels.bench import interleaved_seconds
+    calls, ticks = [], iter(range(1000))
+    steps = {k: (lambda k=k: calls.append(k) or next(ticks)) for k in "ab"}
+    rounds = interleaved_seconds(steps, rounds=3, n=3, per_round=True)
+    assert calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert rounds == {"a": [3, 9, 15], "b": [6, 12, 18]}  # ticks 0 and 1 went to the warm-up
+    calls.clear()
+    assert interleaved_seconds(steps, rounds=3, n=3) == {"a": 29, "b": 32}
