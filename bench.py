@@ -292,9 +292,10 @@ def _step_timer(model, loss_fn, B, T, vocab, autocast):
 def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast", "fp32")):
     """Training tokens/s and FLOP/s on this machine's CPU: elm_tiny and llama_tiny (ours) against nanoGPT's GPT
     and transformers' LlamaForCausalLM of matching size, batch B x T, each codebase's AdamW (adamw), in bf16
-    autocast and in plain fp32 (each precision its own interleaved rounds). Each model's training FLOPs per token are printed beside its
-    speed, so a model that is faster because it does less work shows as such. With compile: bf16 only, each
-    model timed both eager and through torch.compile (inductor), in the same turns."""
+    autocast and in plain fp32 (each precision its own interleaved rounds). Each model's training FLOPs per
+    token are printed beside its speed, so a model that is faster because it does less work shows as such.
+    With compile: bf16 only, each model timed both eager and through torch.compile (inductor), in the same
+    turns."""
     torch.manual_seed(0)
     elm, llama = Transformer(_config("elm_tiny", block_size=T)), Transformer(_config("llama_tiny", block_size=T))
     gpt, theirs = GPT(elm.config.vocab_size, T, **GPT_TINY), hf_twin(llama)[0]
@@ -319,7 +320,8 @@ def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast
         rounds = interleaved_seconds(steps, per_round=True)
         secs = results[precision] = {k: statistics.median(t) for k, t in rounds.items()}
         print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), {precision}, batch {B}x{T}, each "
-              f"codebase's AdamW; seconds per step: the median over 7 interleaved rounds of each round's median of 3 steps")
+              f"codebase's AdamW; seconds per step: the median over 7 interleaved rounds of each round's "
+              f"median of 3 steps")
         if compile:
             print("| model | eager ms/step | torch.compile ms/step | compiled / eager |\n|---|---|---|---|")
             for k in rows:
@@ -329,8 +331,8 @@ def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast
         print("| model | params | MFLOPs/token | AdamW | tokens/s | GFLOP/s | ms/step |\n|---|---|---|---|---|---|---|")
         for k, (m, _, fpt) in rows.items():
             tok_s = B * T / secs[k]
-            print(f"| {k} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M | {fpt / 1e6:.1f} | {steps[k].optimizer} | "
-                  f"{tok_s:,.0f} | {fpt * tok_s / 1e9:.1f} | {secs[k] * 1e3:.0f} |")
+            print(f"| {k} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M | {fpt / 1e6:.1f} | "
+                  f"{steps[k].optimizer} | {tok_s:,.0f} | {fpt * tok_s / 1e9:.1f} | {secs[k] * 1e3:.0f} |")
         # each round's ratio, of two timings taken back to back, then the median: a load that drifts between
         # rounds cancels in the ratio instead of in two medians taken apart
         ratio = lambda a, b: statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))  # noqa: E731

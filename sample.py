@@ -295,7 +295,8 @@ def _speculate(model, out, T, max_new, probs, seen, k_lookup, max_ngram, draft_m
         t_cached, d_cached = L - 1, min(d_cached, L - 1)  # the rewind: nothing past the accepted prefix counts
         if seen is not None:
             seen = mark_seen(seen, new[None])
-        if (callback is not None and callback(out[:, L - len(new):L])) or (len(eos) and bool(torch.isin(new, eos).any())):
+        if (callback is not None and callback(out[:, L - len(new):L])) or \
+                (len(eos) and bool(torch.isin(new, eos).any())):
             break
     return L, proposed, accepted
 

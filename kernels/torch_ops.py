@@ -1,7 +1,7 @@
 """
 What "sdpa" runs: PyTorch's fused attention, and RMSNorm, RoPE, SwiGLU and the loss as autograd Functions of
-PyTorch ops with hand-written backward passes. They give the eager references' values (kernels/reference.py) with a
-fraction of the allocations, which is what a CPU step spends its time on.
+PyTorch ops with hand-written backward passes. They give the eager references' values (kernels/reference.py)
+with a fraction of the allocations, which is what a CPU step spends its time on.
 """
 import torch
 import torch.nn.functional as F
