@@ -14,9 +14,6 @@ install:
 demo: install
 	@test -f data/stdlib/meta.json || $(PY) prepare.py
 	@# a finished or interrupted demo continues from its checkpoint instead of refusing the existing out_dir
-	@# glibc (Linux) returns freed blocks above a threshold to the OS, so every CPU step faults its activations'
-	@# pages in again; a fixed 32 MB threshold and no trimming made the timed CPU training step 15-25% faster (README)
-	MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647 \
 	$(PY) train.py configs/elm_tiny.py $$(test -f out/elm_tiny/latest && echo --init_from=resume)
 	$(PY) sample.py --init_from=out/elm_tiny --start="import " --max_new_tokens=200
 

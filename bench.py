@@ -452,6 +452,7 @@ def bench_train(args):
     for part in parts:
         if part not in ("throughput", "compiled", "bpb", "mfu"):
             raise InputError(f"unknown part {part!r} of bench.py train: use throughput, compiled, bpb or mfu")
+    train.hold_freed_memory()  # as train.py runs on a CPU: every model here trains with it
     if "throughput" in parts:
         bench_train_throughput()
     if "compiled" in parts:

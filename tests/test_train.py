@@ -4,6 +4,9 @@ import contextlib
 import json
 import math
 import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ import torch
 
 import checkpoint
 from configurator import InputError
-from conftest import TINY, TINY_ELM, VOCAB, assert_same_run, base, losses, make_data, run, torchrun
+from conftest import ROOT, TINY, TINY_ELM, VOCAB, assert_same_run, base, losses, make_data, run, torchrun
 
 
 
@@ -339,3 +342,34 @@ def test_bf16_on_a_cpu_without_fast_bf16_trains_in_float32(monkeypatch, capsys):
     monkeypatch.setattr(train, "fast_cpu_bf16", lambda: True)
     dtype, autocast, _ = train.precision("bfloat16", "cpu", False)
     assert dtype == torch.bfloat16 and isinstance(autocast, torch.autocast)
+
+
+MALLINFO = """
+import ctypes, sys, torch, train
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(f, ctypes.c_size_t) for f in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+took = train.hold_freed_memory() if sys.argv[1] == "held" else None
+before = libc.mallinfo2().hblkhd
+x = torch.ones(30 << 18)  # 30 MB
+alive = libc.mallinfo2().hblkhd - before
+del x
+print(took, alive >> 20, libc.mallinfo2().fordblks >> 20)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator settings")
+def test_hold_freed_memory_keeps_a_large_block_for_the_next_step():
+    """glibc's default serves a 30 MB block with its own mmap and unmaps it on free (the next step faults it in
+    again); after hold_freed_memory it comes from the heap and stays there, free for reuse. Variables a user set
+    for the same win: the function leaves them alone."""
+    def mallinfo(mode, **env):
+        out = subprocess.run([sys.executable, "-c", MALLINFO, mode], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, **env}, check=True).stdout.split()
+        return out[0], int(out[1]), int(out[2])
+    took, mapped, _ = mallinfo("default")
+    assert mapped >= 30  # the contrast: by default the block is a fresh mapping
+    took, mapped, free = mallinfo("held")
+    assert took == "True" and mapped == 0 and free >= 30
+    assert mallinfo("held", MALLOC_TRIM_THRESHOLD_="131072")[0] == "False"
