@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 
 import torch
 import torch.nn.functional as F
@@ -217,6 +218,7 @@ class GPT(torch.nn.Module):
         super().__init__()
         nn = torch.nn
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
+        self.config = types.SimpleNamespace(vocab_size=vocab_size, block_size=block_size)  # what eval.py reads
         self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
         self.h = nn.ModuleList(nn.ModuleDict(dict(
             ln_1=nn.LayerNorm(n_embd), c_attn=nn.Linear(n_embd, 3 * n_embd), c_proj=nn.Linear(n_embd, n_embd),

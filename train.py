@@ -422,10 +422,11 @@ def hold_freed_memory():
     """On Linux with glibc, keep freed memory in the process: mallopt as MALLOC_MMAP_THRESHOLD_=33554432 and
     MALLOC_TRIM_THRESHOLD_=2147483647 would set it at start-up (those variables, when set, win). By default
     glibc serves large blocks with fresh mmaps, returned on free, and trims the heap's top, so every CPU step
-    faults its activations' pages in again, each zeroed by the kernel: 8-11% of elm_tiny's step on a 2-core
+    faults its activations' pages in again, each zeroed by the kernel: 5-10% of elm_tiny's step on a 2-core
     CPU (README). A fixed 32 MB threshold (glibc's largest) and no trimming keep them for the next step.
     Returns whether both settings took."""
-    if os.environ.keys() & {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} or platform.libc_ver()[0] != "glibc":
+    user_set = os.environ.keys() & {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
+    if user_set or platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs on
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h

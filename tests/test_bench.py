@@ -1,10 +1,12 @@
 """The reference implementations bench.py times ours against must compute what ours computes, or the ratios
 it prints compare different work."""
+import numpy as np
+import pytest
 import torch
 
 import bench
 import sample
-from conftest import TINY, TINY_ELM
+from conftest import TINY, TINY_ELM, VOCAB, make_data
 from model import ModelConfig, Transformer
 
 
@@ -45,3 +47,19 @@ def test_interleaved_seconds_takes_turns_and_gives_each_rounds_median():
     assert rounds == {"a": [3, 9, 15], "b": [6, 12, 18]}  # ticks 0 and 1 went to the warm-up
     calls.clear()
     assert interleaved_seconds(steps, rounds=3, n=3) == {"a": 29, "b": 32}
+
+
+def test_gpt_is_scored_as_eval_py_scores_ours(tmp_path):
+    """bench.py train bpb scores the GPT with eval.token_split_perplexity, which reads a model's vocab_size and
+    block_size from model.config: one window over the whole test split gives the model's own loss."""
+    import math
+    import eval as ev
+    data_dir = make_data(tmp_path / "data")
+    torch.manual_seed(0)
+    gpt = bench.GPT(VOCAB, 1024, n_layer=1, n_embd=32, n_head=2).eval()
+    out = ev.token_split_perplexity(gpt, data_dir, "test", 1024)
+    ids = torch.from_numpy(np.fromfile(tmp_path / "data" / "test.bin", dtype=np.uint16).astype(np.int64))
+    with torch.no_grad():
+        loss = gpt(ids[None, :-1], ids[None, 1:])[1].item()
+    assert out["loss"] == pytest.approx(loss, rel=1e-5)
+    assert out["bits_per_byte"] == pytest.approx(loss * (len(ids) - 1) / math.log(2) / (4 * len(ids)), rel=1e-5)
