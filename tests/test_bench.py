@@ -63,3 +63,15 @@ def test_gpt_is_scored_as_eval_py_scores_ours(tmp_path):
         loss = gpt(ids[None, :-1], ids[None, 1:])[1].item()
     assert out["loss"] == pytest.approx(loss, rel=1e-5)
     assert out["bits_per_byte"] == pytest.approx(loss * (len(ids) - 1) / math.log(2) / (4 * len(ids)), rel=1e-5)
+
+
+def test_bpb_section_runs_end_to_end_on_a_tiny_run(tmp_path, capsys):
+    """`python bench.py train bpb` on a tiny trained run: both models are timed, the GPT trains for the same
+    time and both are scored on the test split (this section once crashed only after minutes of training)."""
+    import math
+    from conftest import base, run
+    s = base(tmp_path, make_data(tmp_path / "data"), "elm", **{**TINY_ELM, "max_iters": 3})
+    run(**s)
+    ours, gpt = bench.bench_train_bpb(run_dir=s["out_dir"])
+    assert math.isfinite(ours) and math.isfinite(gpt) and 0 < ours < 10 and 0 < gpt < 10
+    assert "| nanoGPT GPT" in capsys.readouterr().out
