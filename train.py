@@ -419,18 +419,20 @@ def fast_cpu_bf16():
 
 
 def hold_freed_memory():
-    """On Linux with glibc, keep freed memory in the process: mallopt as MALLOC_MMAP_THRESHOLD_=33554432 and
-    MALLOC_TRIM_THRESHOLD_=2147483647 would set it at start-up (those variables, when set, win). By default
-    glibc serves large blocks with fresh mmaps, returned on free, and trims the heap's top, so every CPU step
-    faults its activations' pages in again, each zeroed by the kernel: 5-10% of elm_tiny's step on a 2-core
-    CPU (README). A fixed 32 MB threshold (glibc's largest) and no trimming keep them for the next step.
-    Returns whether both settings took."""
-    user_set = os.environ.keys() & {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
+    """On Linux with glibc, keep freed memory in the process: by default glibc serves large blocks with fresh
+    mmaps, returned on free, and trims the heap's top, so every CPU step faults its activations' pages in
+    again, each zeroed by the kernel (README: Results). A fixed 32 MB mmap threshold (glibc's largest) and no
+    trimming keep them for the next step: what MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647
+    set at start-up, done through mallopt. A user's own MALLOC_* variables or malloc tunables in GLIBC_TUNABLES
+    win. Returns whether both settings took."""
+    user_set = os.environ.keys() & {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} or \
+        "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
     if user_set or platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs on
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-    return mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
+    took = [mallopt(M_MMAP_THRESHOLD, 32 << 20), mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)]
+    return took == [1, 1]
 
 
 def precision(dtype, device_type, fsdp):

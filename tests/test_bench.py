@@ -1,12 +1,17 @@
 """The reference implementations bench.py times ours against must compute what ours computes, or the ratios
 it prints compare different work."""
+import math
+import re
+
 import numpy as np
 import pytest
 import torch
 
 import bench
+import data
+import eval as ev
 import sample
-from conftest import TINY, TINY_ELM, VOCAB, make_data
+from conftest import TINY, TINY_ELM, VOCAB, base, make_data, run
 from model import ModelConfig, Transformer
 
 
@@ -52,8 +57,6 @@ def test_interleaved_seconds_takes_turns_and_gives_each_rounds_median():
 def test_gpt_is_scored_as_eval_py_scores_ours(tmp_path):
     """bench.py train bpb scores the GPT with eval.token_split_perplexity, which reads a model's vocab_size and
     block_size from model.config: one window over the whole test split gives the model's own loss."""
-    import math
-    import eval as ev
     data_dir = make_data(tmp_path / "data")
     torch.manual_seed(0)
     gpt = bench.GPT(VOCAB, 1024, n_layer=1, n_embd=32, n_head=2).eval()
@@ -61,17 +64,20 @@ def test_gpt_is_scored_as_eval_py_scores_ours(tmp_path):
     ids = torch.from_numpy(np.fromfile(tmp_path / "data" / "test.bin", dtype=np.uint16).astype(np.int64))
     with torch.no_grad():
         loss = gpt(ids[None, :-1], ids[None, 1:])[1].item()
+    nbytes = data.read_meta(data_dir)["splits"]["test"]["bytes"]
     assert out["loss"] == pytest.approx(loss, rel=1e-5)
-    assert out["bits_per_byte"] == pytest.approx(loss * (len(ids) - 1) / math.log(2) / (4 * len(ids)), rel=1e-5)
+    assert out["bits_per_byte"] == pytest.approx(loss * (len(ids) - 1) / math.log(2) / nbytes, rel=1e-5)
 
 
-def test_bpb_section_runs_end_to_end_on_a_tiny_run(tmp_path, capsys):
+def test_bpb_section_runs_end_to_end_on_a_tiny_run(tmp_path, capsys, monkeypatch):
     """`python bench.py train bpb` on a tiny trained run: both models are timed, the GPT trains for the same
-    time and both are scored on the test split (this section once crashed only after minutes of training)."""
-    import math
-    from conftest import base, run
+    time (a GPT as small as the run's model, so that time buys it steps) and both are scored on the test split
+    (this section once crashed only after minutes of training)."""
     s = base(tmp_path, make_data(tmp_path / "data"), "elm", **{**TINY_ELM, "max_iters": 3})
     run(**s)
+    monkeypatch.setattr(bench, "GPT_TINY", dict(n_layer=1, n_embd=32, n_head=2))
     ours, gpt = bench.bench_train_bpb(run_dir=s["out_dir"])
     assert math.isfinite(ours) and math.isfinite(gpt) and 0 < ours < 10 and 0 < gpt < 10
-    assert "| nanoGPT GPT" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    steps = int(re.search(r"GPT trains (\d+) steps", out).group(1))
+    assert steps >= 1 and re.search(rf"\| nanoGPT GPT .* \| {steps} \(", out)
