@@ -344,7 +344,6 @@ def test_bf16_on_a_cpu_without_fast_bf16_trains_in_float32(monkeypatch, capsys):
     assert dtype == torch.bfloat16 and isinstance(autocast, torch.autocast)
 
 
-
 MALLINFO = """
 import ctypes, sys, torch, train
 class Info(ctypes.Structure):  # glibc's struct mallinfo2
