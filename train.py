@@ -484,7 +484,7 @@ def forward_backward(model, batches, autocast, scaler, world, distributed, fsdp)
         if fsdp:  # gradients are reduced across ranks only after the last micro-step
             model.set_requires_gradient_sync(last)
         with (model.no_sync() if distributed and not fsdp and not last else nullcontext()), autocast:
-            _, loss = model(x, y)
+            loss = model(x, y)[1]  # not the logits: the step's largest tensor, backward does not need them
             loss = loss * ((y != IGNORE_INDEX).sum() * world / n_targets)
         scaler.scale(loss).backward()
         step_loss += loss.detach()
