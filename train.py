@@ -530,7 +530,7 @@ def evaluate(model, val, autocast, distributed):
     for x, y in val:
         x, y = x.to(dev), y.to(dev)
         with autocast:
-            _, loss = model(x, y)
+            loss = model(x, y)[1]  # the logits go at once, not while the next batch makes its own
         n = (y != IGNORE_INDEX).sum()
         nats += torch.stack([loss.float() * n, n.float()])
     if distributed:

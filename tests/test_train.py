@@ -391,10 +391,10 @@ def test_train_holds_freed_memory_on_a_cpu(tmp_path, data, monkeypatch):
     assert calls == [1]
 
 
-def test_forward_backward_lets_the_logits_go_before_backward():
+def test_training_and_evaluation_let_the_logits_go():
     """The logits (B x T x vocab) are a step's largest tensor, and backward does not need them: the loss keeps
     its own gradient. forward_backward must not hold them through backward (the logits of elm_270m's micro-batch
-    of 16 x 2048 are 2 GB in bf16)."""
+    of 16 x 2048 are 2 GB in bf16), nor evaluate while the next batch makes its own."""
     import weakref
     import train
     refs, alive = [], []
@@ -402,15 +402,20 @@ def test_forward_backward_lets_the_logits_go_before_backward():
     class Model(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(3))
+            self.tok_embeddings = torch.nn.Embedding(VOCAB, 3)  # evaluate reads the device from it
 
         def forward(self, x, y):
-            logits = x.float()[..., None] * self.w  # saves x and w for backward, not the logits
+            alive.append(bool(refs) and refs[-1]() is not None)  # the previous batch's logits, if still held
+            logits = self.tok_embeddings(x)  # saves x for backward, not the logits
             refs.append(weakref.ref(logits))
             loss = logits.sum()
-            loss.register_hook(lambda g: alive.append(refs[-1]() is not None))
+            if loss.requires_grad:
+                loss.register_hook(lambda g: alive.append(refs[-1]() is not None))
             return logits, loss
-    x, y = torch.ones(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long)
+    batch = (torch.ones(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train.forward_backward(Model(), [(x, y), (x, y)], contextlib.nullcontext(), scaler, 1, False, False)
+    train.forward_backward(Model(), [batch, batch], contextlib.nullcontext(), scaler, 1, False, False)
+    assert alive == [False, False, False, False]  # at each forward and in each backward
+    refs.clear(), alive.clear()
+    train.evaluate(Model(), [batch, batch], contextlib.nullcontext(), False)
     assert alive == [False, False]
