@@ -422,9 +422,9 @@ def hold_freed_memory():
     """On Linux with glibc, keep freed memory in the process: by default glibc serves large blocks with fresh
     mmaps, returned on free, and trims the heap's top, so every CPU step faults its activations' pages in
     again, each zeroed by the kernel (README: Results). A fixed 32 MB mmap threshold (glibc's largest) and no
-    trimming keep them for the next step: what MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647
-    set at start-up, done through mallopt. A user's own MALLOC_* variables or malloc tunables in GLIBC_TUNABLES
-    win. Returns whether both settings took."""
+    trimming keep them for the next step; mallopt sets here what MALLOC_MMAP_THRESHOLD_=33554432 and
+    MALLOC_TRIM_THRESHOLD_=2147483647 set at start-up. A user's own MALLOC_* variables or malloc tunables in
+    GLIBC_TUNABLES win. Returns whether both settings took."""
     user_set = os.environ.keys() & {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} or \
         "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
     if user_set or platform.libc_ver()[0] != "glibc":
