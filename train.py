@@ -421,17 +421,18 @@ def fast_cpu_bf16():
 def hold_freed_memory():
     """On Linux with glibc, keep freed memory in the process: by default glibc serves large blocks with fresh
     mmaps, returned on free, and trims the heap's top, so every CPU step faults its activations' pages in
-    again, each zeroed by the kernel (README: Results). A fixed 32 MB mmap threshold (glibc's largest) and no
-    trimming keep them for the next step; mallopt sets here what MALLOC_MMAP_THRESHOLD_=33554432 and
-    MALLOC_TRIM_THRESHOLD_=2147483647 set at start-up. A user's own MALLOC_* variables or malloc tunables in
-    GLIBC_TUNABLES win. Returns whether both settings took."""
-    user_set = os.environ.keys() & {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} or \
+    again, each zeroed by the kernel (README: Results). No mmaps and no trimming keep them for the next step;
+    mallopt sets here what MALLOC_MMAP_MAX_=0 and MALLOC_TRIM_THRESHOLD_=2147483647 set at start-up. (A mmap
+    threshold cannot do it: glibc caps it at 32 MB, below the logits of elm_tiny's fp32 step. Blocks that the
+    heap cannot hold still get their mmap, as do other threads' large ones.) A user's own MALLOC_* variables
+    for these or malloc tunables in GLIBC_TUNABLES win. Returns whether both settings took."""
+    user_set = os.environ.keys() & {"MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} or \
         "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
     if user_set or platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs on
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-    took = [mallopt(M_MMAP_THRESHOLD, 32 << 20), mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)]
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
+    took = [mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)]
     return took == [1, 1]
 
 
