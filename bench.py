@@ -291,13 +291,13 @@ def _step_timer(model, loss_fn, B, T, vocab, autocast):
     return step
 
 
-def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast", "fp32")):
+def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast", "fp32"), rounds=7):
     """Training tokens/s and FLOP/s on this machine's CPU: elm_tiny and llama_tiny (ours) against nanoGPT's GPT
     and transformers' LlamaForCausalLM of matching size, batch B x T, each codebase's AdamW (adamw), in bf16
     autocast and in plain fp32 (each precision its own interleaved rounds). Each model's training FLOPs per
     token are printed beside its speed, so a model that is faster because it does less work shows as such.
     With compile: bf16 only, each model timed both eager and through torch.compile (inductor), in the same
-    turns."""
+    turns. More rounds tell a margin of a few percent from this machine's noise."""
     torch.manual_seed(0)
     elm, llama = Transformer(_config("elm_tiny", block_size=T)), Transformer(_config("llama_tiny", block_size=T))
     gpt, theirs = GPT(elm.config.vocab_size, T, **GPT_TINY), hf_twin(llama)[0]
@@ -319,10 +319,10 @@ def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast
                 c = torch.compile(m)
                 steps[k + ", compiled"] = _step_timer(m, lambda x, y, c=c, loss=loss: loss(c, x, y), B, T,
                                                       elm.config.vocab_size, autocast)
-        rounds = interleaved_seconds(steps, per_round=True)
-        secs = results[precision] = {k: statistics.median(t) for k, t in rounds.items()}
+        times = interleaved_seconds(steps, rounds, per_round=True)
+        secs = results[precision] = {k: statistics.median(t) for k, t in times.items()}
         print(f"\ntraining throughput, CPU ({torch.get_num_threads()} threads), {precision}, batch {B}x{T}, each "
-              f"codebase's AdamW; seconds per step: the median over 7 interleaved rounds of each round's "
+              f"codebase's AdamW; seconds per step: the median over {rounds} interleaved rounds of each round's "
               f"median of 3 steps")
         if compile:
             print("| model | eager ms/step | torch.compile ms/step | compiled / eager |\n|---|---|---|---|")
@@ -336,11 +336,13 @@ def bench_train_throughput(B=8, T=256, compile=False, precisions=("bf16 autocast
             print(f"| {k} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M | {fpt / 1e6:.1f} | "
                   f"{steps[k].optimizer} | {tok_s:,.0f} | {fpt * tok_s / 1e9:.1f} | {secs[k] * 1e3:.0f} |")
         # each round's ratio, of two timings taken back to back, then the median: a load that drifts between
-        # rounds cancels in the ratio instead of in two medians taken apart
-        ratio = lambda a, b: statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))  # noqa: E731
-        print(f"ours / theirs, time per step (the median of the rounds' ratios): elm_tiny / GPT "
-              f"{ratio('ours: elm_tiny (OpenELM)', 'nanoGPT GPT (7L, 320d)'):.2f}, llama_tiny / HF Llama "
-              f"{ratio('ours: llama_tiny', 'HF LlamaForCausalLM (= llama_tiny)'):.2f}")
+        # rounds cancels in the ratio instead of in two medians taken apart. The count of rounds ours won says
+        # whether a margin of a few percent is more than noise
+        names = list(rows)
+        for name, a, b in (("elm_tiny / GPT", *names[:2]), ("llama_tiny / HF Llama", *names[2:])):
+            r = [x / y for x, y in zip(times[a], times[b])]
+            print(f"ours / theirs, time per step, {name}: {statistics.median(r):.2f} (the median of the rounds' "
+                  f"ratios; ours faster in {sum(x < 1 for x in r)} of {rounds} rounds)")
     return results
 
 
@@ -447,18 +449,25 @@ def bench_train_mfu(batch_size=16, iters=30):
 
 
 def bench_train(args):
-    """python bench.py train [throughput|compiled|bpb|mfu]: throughput, bpb and mfu when no part is named (mfu
-    only with a GPU); compiled times every model eager and under torch.compile (a few minutes of compiling). The
-    loss, norm and RoPE alone: python -m kernels.bench ops."""
+    """python bench.py train [throughput|compiled|bpb|mfu] [--rounds=7]: throughput, bpb and mfu when no part is
+    named (mfu only with a GPU); compiled times every model eager and under torch.compile (a few minutes of
+    compiling); --rounds: how many interleaved rounds throughput and compiled take. The loss, norm and RoPE
+    alone: python -m kernels.bench ops."""
+    rounds = [a for a in args if a.startswith("--rounds=")]
+    args = [a for a in args if a not in rounds]
+    n = rounds[-1].split("=", 1)[1] if rounds else "7"
+    if not n.isdigit() or int(n) == 0:
+        raise InputError(f"--rounds takes a whole number of rounds above 0, got {n!r}")
+    rounds = int(n)
     parts = args or ["throughput", "bpb", "mfu"]
     for part in parts:
         if part not in ("throughput", "compiled", "bpb", "mfu"):
             raise InputError(f"unknown part {part!r} of bench.py train: use throughput, compiled, bpb or mfu")
     train.hold_freed_memory()  # as train.py runs on a CPU: every model here trains with it
     if "throughput" in parts:
-        bench_train_throughput()
+        bench_train_throughput(rounds=rounds)
     if "compiled" in parts:
-        bench_train_throughput(compile=True)
+        bench_train_throughput(compile=True, rounds=rounds)
     if "bpb" in parts:
         bench_train_bpb()
     if "mfu" in parts:

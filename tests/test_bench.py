@@ -81,3 +81,22 @@ def test_bpb_section_runs_end_to_end_on_a_tiny_run(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     steps = int(re.search(r"GPT trains (\d+) steps", out).group(1))
     assert steps >= 1 and re.search(rf"\| nanoGPT GPT .* \| {steps} \(", out)
+
+
+def test_throughput_counts_the_rounds_ours_won(capsys, monkeypatch):
+    """`bench.py train throughput --rounds=N` pairs each of the N rounds' timings of ours with theirs: the median
+    of those ratios and the number of rounds ours was faster, which tells a margin from noise."""
+    seen = []
+
+    def fake(steps, rounds, per_round):  # GPT 2 s every round; elm_tiny 1, 1, 3; llama_tiny and HF level
+        seen.append(rounds)
+        return {k: [[1, 1, 3], [2, 2, 2], [1, 1, 1], [1, 1, 1]][i] for i, k in enumerate(steps)}
+    monkeypatch.setattr(bench, "interleaved_seconds", fake)
+    bench.bench_train(["throughput", "--rounds=3"])
+    out = capsys.readouterr().out
+    assert seen == [3] * out.count("training throughput") and seen
+    assert out.count("elm_tiny / GPT: 0.50 (the median of the rounds' ratios; ours faster in 2 of 3 rounds)") == len(seen)
+    assert out.count("llama_tiny / HF Llama: 1.00 (the median of the rounds' ratios; ours faster in 0 of 3") == len(seen)
+    for bad in ("--rounds=0", "--rounds=x"):
+        with pytest.raises(bench.InputError, match="--rounds takes a whole number"):
+            bench.bench_train(["throughput", bad])
