@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import configurator
 import data
+import files
 import eval as eval_  # the stdlib has no module `eval`, but the builtin eval() would be shadowed
 import hf
 import train
@@ -52,6 +53,23 @@ def hf_twin(model):
         hf.save_model(model, d)
         theirs = LlamaForCausalLM.from_pretrained(d, attn_implementation="sdpa", torch_dtype=torch.float32)
         return theirs, hf.load_model(d, dtype=torch.float32)
+
+
+def _options(args):
+    """--key=value arguments as a dict of strings (flags such as --quick stay in args)."""
+    return dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+
+
+def _number(opts, key, default, kind=int):
+    """opts[key] as a number above 0 (an int unless kind says float), or default when absent; refused in one line."""
+    value = opts.get(key, default)
+    try:
+        value = kind(value)
+    except ValueError:
+        value = None
+    if value is None or not value > 0:
+        raise InputError(f"--{key} takes a {'whole ' if kind is int else ''}number above 0, got {opts[key]!r}")
+    return value
 
 
 def _best_of(n, fn):
@@ -118,11 +136,11 @@ def bench_sample(args):
     out/llama_tiny if it exists), --new=N tokens, --threads=N."""
     import quantize
     import sample
-    opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
-    quick, new = "--quick" in args, int(opts.get("new", 128))
+    opts = _options(args)
+    quick, new = "--quick" in args, _number(opts, "new", 128)
     reps = 1 if quick else 3
     if "threads" in opts:
-        torch.set_num_threads(int(opts["threads"]))
+        torch.set_num_threads(_number(opts, "threads", None))
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads{load}"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))
@@ -453,12 +471,8 @@ def bench_train(args):
     named (mfu only with a GPU); compiled times every model eager and under torch.compile (a few minutes of
     compiling); --rounds: how many interleaved rounds throughput and compiled take. The loss, norm and RoPE
     alone: python -m kernels.bench ops."""
-    rounds = [a for a in args if a.startswith("--rounds=")]
-    args = [a for a in args if a not in rounds]
-    n = rounds[-1].split("=", 1)[1] if rounds else "7"
-    if not n.isdigit() or int(n) == 0:
-        raise InputError(f"--rounds takes a whole number of rounds above 0, got {n!r}")
-    rounds = int(n)
+    rounds = _number(_options(args), "rounds", 7)
+    args = [a for a in args if not a.startswith("--rounds=")]
     parts = args or ["throughput", "bpb", "mfu"]
     for part in parts:
         if part not in ("throughput", "compiled", "bpb", "mfu"):
@@ -734,14 +748,15 @@ def bench_gpu(args):
     after each: environment and measured rooflines; kernel correctness at real shapes; kernel speed; train.py
     itself; decoding; the CUDA-only tests. About 8 minutes on an H100/H200. --cpu walks every section's code on
     tiny shapes under Triton's interpreter (the test suite runs it), so the script cannot rot without a GPU."""
-    opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    opts = _options(args)
     tiny = "--cpu" in args
     if tiny and os.environ.get("TRITON_INTERPRET") != "1":  # read when triton is imported, which torch does
         raise InputError("bench.py gpu --cpu runs the Triton kernels in their interpreter: "
                          "TRITON_INTERPRET=1 python bench.py gpu --cpu")
     if not tiny and not torch.cuda.is_available():
         raise InputError("bench.py gpu needs a CUDA GPU; --cpu runs its code paths on tiny shapes here")
-    dev, scale = ("cpu" if tiny else "cuda"), float(opts.get("scale", 1.0))  # scale: every budget times this
+    dev, scale = ("cpu" if tiny else "cuda"), _number(opts, "scale", 1.0, float)  # scale: every budget times this
+    files.check_output(opts.get("out", "gpu_report"), "--out", folder=True)
     r = Report(opts.get("out", "gpu_report"))
     budgets = {"environment": 20, "correctness": 110, "kernel speed": 100, "training": 150, "decoding": 50,
                "GPU tests": 50}
@@ -772,6 +787,8 @@ SECTIONS = {"decode": bench_sample, "train": bench_train, "finetune": bench_fine
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in SECTIONS:
-        print(f"usage: python bench.py {{{'|'.join(SECTIONS)}}} [--quick]")
-        sys.exit(1)
+        what = f"unknown section {sys.argv[1]!r}" if len(sys.argv) > 1 else "no section given"
+        print(f"error: {what}: use python bench.py {{{'|'.join(SECTIONS)}}} (the module docstring lists their options)",
+              file=sys.stderr)
+        sys.exit(2)
     configurator.main(SECTIONS[sys.argv[1]], sys.argv[2:])

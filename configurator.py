@@ -15,6 +15,7 @@ message is that one line: a notebook can catch it, and a script's `__main__` run
 """
 import ast
 import os
+import re
 import sys
 
 
@@ -110,6 +111,25 @@ def configure(scope, argv, sources=None):
 
 
 DTYPES = ("float32", "bfloat16", "float16")  # what a dtype setting may name
+
+
+def check_device(dev):
+    """The device a setting names, "auto" resolved (CUDA, else MPS, else the CPU); a setting that names no device, or
+    one this machine does not have, is refused in one line."""
+    import torch
+    if not isinstance(dev, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", dev):
+        raise InputError(f"device={dev!r}: use auto, cpu, cuda, cuda:N or mps")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device={dev!r} but this machine has no CUDA GPU (torch {torch.__version__}): use "
+                         f"--device=cpu or auto")
+    if dev.startswith("cuda:") and int(dev[5:]) >= torch.cuda.device_count():
+        raise InputError(f"device={dev!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s): use cuda:0 "
+                         f"up to cuda:{torch.cuda.device_count() - 1}")
+    if dev == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device='mps' but Apple's Metal backend is not available here: use --device=cpu or auto")
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return dev
 
 
 def torch_dtype(name, key="dtype", auto=None):

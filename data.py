@@ -66,6 +66,9 @@ def load_tokenizer(data_dir):
     meta = read_meta(data_dir)
     if meta["tokenizer"] == "tiktoken":
         return Tokenizer("tiktoken:" + meta["tiktoken_encoding"])
+    if not meta.get("tokenizer_file"):
+        raise InputError(f"{data_dir} names no tokenizer file in its meta.json: prepare it with prepare.py, or pass a "
+                         f"tokenizer.model file")
     return Tokenizer(os.path.join(data_dir, meta["tokenizer_file"]))
 
 

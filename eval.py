@@ -681,7 +681,7 @@ def main(argv):
         return download_tasks(names or list(TASKS), data_dir)
     if not (names or ppl or text):
         raise InputError("nothing to evaluate: pass --tasks=arc_easy,..., --ppl=data/<name> or --text=file.txt")
-    model, tok = load(init_from, tokenizer, device, configurator.torch_dtype(dtype))
+    model, tok = load(init_from, tokenizer, configurator.check_device(device), configurator.torch_dtype(dtype))
     if int8:
         import quantize
         quantize.int8(model)
@@ -689,7 +689,8 @@ def main(argv):
     if L > model.config.block_size:
         raise InputError(f"max_length={L} exceeds the model's block_size={model.config.block_size}: lower it")
     if rolling_context >= L:
-        raise InputError(f"rolling_context={rolling_context} leaves nothing to predict in windows of {L} tokens: lower it")
+        raise InputError(f"rolling_context={rolling_context} leaves nothing to predict in windows of {L} tokens: lower "
+                         f"--rolling_context or raise --max_length")
     report, t0 = {"config": settings}, time.time()
     if ppl:
         report["ppl"] = token_split_perplexity(model, ppl, split, L, batch_size, rolling_context, max_tokens, tok)

@@ -40,8 +40,12 @@ def main(argv):
     if not init_from:
         raise InputError("give --init_from=<our run or checkpoint directory, or a Hugging Face / Meta directory>")
     out_dtype = configurator.torch_dtype(dtype) if dtype else None
+    if not max_shard_gb > 0:
+        raise InputError(f"max_shard_gb={max_shard_gb} must be above 0")
     if out:
         check_output(out, "out", folder=True)  # before the (long) load
+        if checkpoint.is_checkpoint(out) or checkpoint.step_folders(out):
+            raise InputError(f"out={out} holds our checkpoints: export to a folder of its own (--out=hf/<name>)")
     model, tok = checkpoint.load_model(init_from, tokenizer=tokenizer)
     if out:
         with sole_writer(out, "out", keep_lock=False):

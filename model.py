@@ -87,6 +87,13 @@ class ModelConfig:
             raise ValueError(f"init must be 'normal' or 'corenet', got {self.init!r}")
         if self.backend not in kernels.BACKENDS:
             raise ValueError(f"backend must be one of {kernels.BACKENDS}, got {self.backend!r}")
+        for name, low in (("vocab_size", 1), ("block_size", 1), ("n_layer", 1), ("n_embd", 1), ("n_kv_head", 0),
+                          ("head_dim", 0), ("num_gqa_groups", 1), ("ffn_dim_divisor", 1), ("z_loss", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least {low}")
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be above 0")
         for name in ("qkv_multipliers", "ffn_multipliers"):
             m = getattr(self, name)
             if not (m is None or isinstance(m, (int, float)) and not isinstance(m, bool) or isinstance(m, (list, tuple))
@@ -103,6 +110,8 @@ class ModelConfig:
                 raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: set head_dim")
         elif not self.head_dim:
             raise ValueError("layer-wise scaling needs an explicit head_dim")
+        elif min(per_layer(self.qkv_multipliers, self.n_layer) + per_layer(self.ffn_multipliers, self.n_layer)) <= 0:
+            raise ValueError("every layer's qkv and ffn multipliers must be above 0")
         if self.dim_head % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.dim_head}")
 

@@ -504,6 +504,11 @@ def _settings(overrides):
         raise InputError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
     if s["shard_tokens"] < 1 or s["num_proc"] < 1:
         raise InputError("shard_tokens and num_proc must be at least 1")
+    if s["max_documents"] < 0:
+        raise InputError(f"max_documents={s['max_documents']} must be at least 0 (0 = all)")
+    if s["name"] and (s["name"] != os.path.basename(s["name"]) or s["name"] in (".", "..")):
+        raise InputError(f"name={s['name']!r} is the data folder's name under data_root, not a path: give a plain "
+                         "name such as --name=mycode (or --data_root for where it goes)")
     token_dtype(0, s["dtype"])
     src, chat = s["source"], s["chat_format"]
     if chat:

@@ -325,18 +325,29 @@ def finish(tok, new, stops=()):
     return text[:min([text.find(s) for s in stops if s in text] or [len(text)])]
 
 
-def complete(model, tok, prompt, controls):
-    """Generate for one prompt (a list of ids), streaming; returns the new text."""
-    idx = torch.tensor([prompt], device=device)
-    return finish(tok, generate(model, idx, callback=streamer(tok, prompt, stop), **controls)[0, len(prompt):].tolist(), stop)
+def complete(model, tok, prompt, controls, echo=""):
+    """Generate for one prompt (a list of ids), streaming after `echo`; returns the new text. The echo waits for the
+    first new token (or the end), so a prompt that generate() refuses is not printed before its error."""
+    idx, pending, stream = torch.tensor([prompt], device=device), [echo], streamer(tok, prompt, stop)
+
+    def callback(new):
+        print(pending.pop() if pending else "", end="", flush=True)
+        return stream(new)
+    new = generate(model, idx, callback=callback, **controls)[0, len(prompt):].tolist()
+    print(pending.pop() if pending else "", end="", flush=True)
+    return finish(tok, new, stop)
 
 
 def main(argv):
+    global device
     configurator.print_settings(configurator.configure(globals(), argv), file=sys.stderr)
     import checkpoint
     torch.manual_seed(seed)
+    device = configurator.check_device(device)
     if num_samples < 1:
         raise InputError(f"num_samples={num_samples} must be at least 1")
+    if not all(isinstance(s, str) and s for s in stop):
+        raise InputError(f"stop={stop!r}: give a tuple of non-empty strings, e.g. --stop='(\"\\n\\n\",)'")
     ptdtype = configurator.torch_dtype(dtype, auto=torch.bfloat16 if "cuda" in device else torch.float32)
     model, tok = checkpoint.load_model(init_from, device, ptdtype, tokenizer=tokenizer, need_tokenizer=True)
     if int8:
@@ -382,8 +393,7 @@ def main(argv):
             while len(ids) + 16 > model.config.block_size and len(messages) > 1:  # forget the oldest turns
                 messages = messages[2:]
                 ids = encode_chat(tok, messages, add_generation_prompt=True)[0]
-            print("assistant> ", end="", flush=True)
-            messages.append(("assistant", complete(model, tok, ids, controls)))
+            messages.append(("assistant", complete(model, tok, ids, controls, echo="assistant> ")))
             print(f"\n[{stats['new_tokens']} tokens, {stats['tokens_per_s']:.1f} tokens/s]", file=sys.stderr)
             if not sys.stdin.isatty():
                 return
@@ -392,9 +402,7 @@ def main(argv):
         total, seconds, proposed, accepted = 0, 0.0, 0, 0  # one sequence at a time, streamed
         for prompt in prompts:
             for _ in range(num_samples):
-                ids = tok.encode(prompt, bos=True)
-                print(prompt, end="", flush=True)
-                complete(model, tok, ids, controls)
+                complete(model, tok, tok.encode(prompt, bos=True), controls, echo=prompt)
                 print("\n---------------", flush=True)
                 total, seconds = total + stats["new_tokens"], seconds + stats["seconds"]
                 proposed, accepted = proposed + stats.get("proposed", 0), accepted + stats.get("accepted", 0)

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import re
 import resource
 import statistics
 import sys
@@ -187,14 +186,7 @@ def check(s):
                          f"--eval_interval=0 for no evaluation")
     if s["resume_step"] and s["init_from"] != "resume":
         raise InputError("--resume_step picks the checkpoint of a resume: add --init_from=resume")
-    dev = s["device"]
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", dev):
-        raise InputError(f"device={dev!r}: use auto, cpu, cuda, cuda:N or mps")
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device={dev!r} but this machine has no CUDA GPU (torch {torch.__version__}): use "
-                         f"--device=cpu or auto")
-    if dev == "mps" and not torch.backends.mps.is_available():
-        raise InputError("device='mps' but Apple's Metal backend is not available here: use --device=cpu or auto")
+    configurator.check_device(s["device"])
     if s["lora_rank"]:
         import lora
         lora.target_names(s["lora_targets"])
@@ -657,6 +649,9 @@ def train(settings, resume_from):
             print(f"LoRA: {trainable:,} trainable parameters ({trainable / raw.num_params():.2%})")
         print(f"{raw.num_params() / 1e6:.2f}M parameters | {world} process(es) on {dev} | {micro_steps} micro-step(s) "
               f"of {s.batch_size}x{block_size} | {tokens_per_step:,} tokens/step | steps {step} -> {max_iters}")
+    if step > max_iters:
+        raise InputError(f"the run resumes at step {step}, past max_iters={max_iters}: raise --max_iters (and "
+                         f"--lr_decay_iters with it) to train on")
     start_step, t_start = step, time.time()
     t_log, step_log = time.time(), step
     recent, spike, calm = [], None, 0  # the last normal steps' (loss, grad norm); where a spike began; normal since

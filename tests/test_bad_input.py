@@ -115,6 +115,15 @@ def test_train_refuses_bad_input(world, tmp_path):
         (["--init_from=resume", f"--out_dir={w['run']}", "--resume_step=7"], "step_0000007 is not there"),
         (["--init_from=resume", f"--out_dir={w['run']}", "--n_layer=4"], "keeps its architecture"),
         ([f"--out_dir={w['run']}", f"--data_dir={w['data']}"], "already holds checkpoints"),
+        (common + ["--n_layer=0"], "n_layer=0 must be at least 1"),
+        (common + ["--n_embd=0"], "n_embd=0 must be at least 1"),
+        (common + ["--norm_eps=-1.0"], "norm_eps=-1.0 must be above 0"),
+        (common + ["--rope_theta=0.0"], "rope_theta=0.0 must be above 0"),
+        (common + ["--z_loss=-1.0"], "z_loss=-1.0 must be at least 0"),
+        (common + ["--qkv_multipliers=(0.5, 0.6, 0.7)", "--ffn_multipliers=(0.5, 4.0)", "--head_dim=16"], "must have 2 entries"),
+        (common + ["--qkv_multipliers=(-1, 1)", "--ffn_multipliers=(0.5, 4.0)", "--head_dim=16"], "must be above 0"),
+        (common + [f"--data_dir={w['root'] / 'a.txt'}"], "a.txt is a file, not a folder"),
+        (["--init_from=resume", f"--out_dir={w['run']}", "--max_iters=1"], "past max_iters=1: raise --max_iters"),
     ] + [(common + ["--device=cuda"], "has no CUDA GPU")] * (not torch.cuda.is_available())
     assert_refused("train", cases, w["root"])
     assert not os.path.exists(new)  # a failed start leaves no out_dir behind
@@ -179,7 +188,10 @@ def test_sample_refuses_bad_input(world, tmp_path):
         ([f"--init_from={run_dir}", "--dtype=float64"], "dtype='float64': use auto"),
         ([f"--init_from={run_dir}"], "holds no tokenizer"),
         ([f"--init_from={run_dir}", "--num_samples=0"], "num_samples=0 must be at least 1"),
-    ]
+        ([f"--init_from={run_dir}", "--device=tpu"], "device='tpu': use auto, cpu, cuda, cuda:N or mps"),
+        ([f"--init_from={run_dir}", "--stop=(1, 2)"], "give a tuple of non-empty strings"),
+        ([f"--init_from={run_dir}", "--stop=('',)"], "give a tuple of non-empty strings"),
+    ] + [([f"--init_from={run_dir}", "--device=cuda"], "has no CUDA GPU")] * (not torch.cuda.is_available())
     assert_refused("sample", cases, world["root"])
     # with a tokenizer: the generation controls (a SentencePiece model trained on the spot)
     import sentencepiece as spm
@@ -223,6 +235,8 @@ def test_eval_refuses_bad_input(world, tmp_path):
         ([f"--init_from={world['run']}", "--ppl=x"], "holds no tokenizer"),
         (m + [], "nothing to evaluate"),
         (m + ["--tasks=piqa", "--dtype=int8"], "dtype='int8'"),
+        (m + ["--ppl=x", "--device=gpu"], "device='gpu': use auto, cpu, cuda, cuda:N or mps"),
+        (m + ["--ppl=x", f"--tokenizer={world['data']}"], "names no tokenizer file in its meta.json"),
     ]
     assert_refused("eval", cases, world["root"], tmp_path / "tasks")
     # task and text files, read before a model is needed: through the library, as a notebook would
@@ -250,6 +264,8 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
         ([f"--source={world['root'] / 'a.txt'}", "--val_fraction=0.7", "--test_fraction=0.5"], "sum to less than 1"),
         ([f"--source={world['root'] / 'a.txt'}", "--dtype=int8"], "dtype='int8'"),
         ([f"--source={world['root'] / 'a.txt'}", "--chat_format=fancy", f"--data_root={tmp_path}"], "chat_format='fancy'"),
+        ([f"--source={world['root'] / 'a.txt'}", "--max_documents=-1", f"--data_root={tmp_path}"], "max_documents=-1"),
+        ([f"--source={world['root'] / 'a.txt'}", "--name=../escape", f"--data_root={tmp_path}"], "not a path"),
     ]
     assert_refused("prepare", cases, world["root"])
     assert not os.listdir(tmp_path)
@@ -259,6 +275,8 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
         ([f"--init_from={world['run']}", f"--out={world['root'] / 'a.txt' / 'x'}"], "is a file, so nothing can be made"),
         ([f"--init_from={world['data']}"], "holds no checkpoint"),
         ([f"--init_from={world['run']}", f"--out={tmp_path / 'e'}", "--dtype=bf16"], "dtype='bf16': use float32 or"),
+        ([f"--init_from={world['run']}", f"--out={tmp_path / 'e'}", "--max_shard_gb=0.0"], "max_shard_gb=0.0 must be"),
+        ([f"--init_from={world['run']}", f"--out={world['run']}"], "holds our checkpoints"),
     ]
     assert_refused("export", cases, world["root"])
     cases = [

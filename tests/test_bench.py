@@ -2,6 +2,8 @@
 it prints compare different work."""
 import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import bench
 import data
 import eval as ev
 import sample
-from conftest import TINY, TINY_ELM, VOCAB, base, make_data, run
+from conftest import ROOT, TINY, TINY_ELM, VOCAB, base, make_data, run
 from model import ModelConfig, Transformer
 
 
@@ -97,6 +99,23 @@ def test_throughput_counts_the_rounds_ours_won(capsys, monkeypatch):
     assert seen == [3] * out.count("training throughput") and seen
     assert out.count("elm_tiny / GPT: 0.50 (the median of the rounds' ratios; ours faster in 2 of 3 rounds)") == len(seen)
     assert out.count("llama_tiny / HF Llama: 1.00 (the median of the rounds' ratios; ours faster in 0 of 3") == len(seen)
-    for bad in ("--rounds=0", "--rounds=x"):
-        with pytest.raises(bench.InputError, match="--rounds takes a whole number"):
+    for bad in ("--rounds=0", "--rounds=x", "--rounds=2.5"):
+        with pytest.raises(bench.InputError, match="--rounds takes a whole number above 0"):
             bench.bench_train(["throughput", bad])
+
+
+def test_bad_options_stop_before_any_timing(tmp_path, monkeypatch):
+    """Every section's numeric options are checked first, in one line; so is the section itself."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # what bench.py gpu --cpu asks for, before its options
+    for section, args, words in ((bench.bench_sample, ["--new=abc"], "--new takes a whole number above 0, got 'abc'"),
+                                 (bench.bench_sample, ["--threads=0"], "--threads takes a whole number above 0"),
+                                 (bench.bench_gpu, ["--cpu", "--scale=x"], "--scale takes a number above 0")):
+        with pytest.raises(bench.InputError, match=words):
+            section(args)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(bench.InputError, match="is a file, not a folder"):
+        bench.bench_gpu(["--cpu", f"--out={tmp_path / 'f'}"])
+    p = subprocess.run([sys.executable, "bench.py", "nope"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.splitlines() == [
+        "error: unknown section 'nope': use python bench.py {decode|train|finetune|gpu} (the module docstring lists "
+        "their options)"]

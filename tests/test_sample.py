@@ -321,6 +321,7 @@ def test_command_line_on_a_hugging_face_directory(hf_dir):
                         ([f"--init_from={hf_dir}", "--start=" + "x " * 200], "context is 96")]:
         bad = run_cli(*args)
         assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: ") and words in bad.stderr
+        assert bad.stdout == ""  # the prompt is echoed with the first new token, not before a refusal
         assert "Traceback" not in bad.stderr
 
 
