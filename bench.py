@@ -60,15 +60,17 @@ def _options(args):
     return dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
 
 
-def _number(opts, key, default, kind=int):
-    """opts[key] as a number above 0 (an int unless kind says float), or default when absent; refused in one line."""
+def _number(opts, key, default, kind=int, least=1):
+    """opts[key] as a number of at least `least` (an int unless kind says float), or default when absent; refused
+    in one line."""
     value = opts.get(key, default)
     try:
         value = kind(value)
     except ValueError:
         value = None
-    if value is None or not value > 0:
-        raise InputError(f"--{key} takes a {'whole ' if kind is int else ''}number above 0, got {opts[key]!r}")
+    if value is None or not value >= least:
+        raise InputError(f"--{key} takes a {'whole ' if kind is int else ''}number of at least {least}, got "
+                         f"{opts[key]!r}")
     return value
 
 
@@ -755,7 +757,7 @@ def bench_gpu(args):
                          "TRITON_INTERPRET=1 python bench.py gpu --cpu")
     if not tiny and not torch.cuda.is_available():
         raise InputError("bench.py gpu needs a CUDA GPU; --cpu runs its code paths on tiny shapes here")
-    dev, scale = ("cpu" if tiny else "cuda"), _number(opts, "scale", 1.0, float)  # scale: every budget times this
+    dev, scale = ("cpu" if tiny else "cuda"), _number(opts, "scale", 1.0, float, least=0)  # scale: every budget times this
     files.check_output(opts.get("out", "gpu_report"), "--out", folder=True)
     r = Report(opts.get("out", "gpu_report"))
     budgets = {"environment": 20, "correctness": 110, "kernel speed": 100, "training": 150, "decoding": 50,

@@ -125,9 +125,15 @@ def latest(out_dir, quiet=False):
 
 
 def resolve(path):
-    """A run directory -> its latest checkpoint; a checkpoint folder -> itself; anything else -> None."""
+    """A run directory -> its latest checkpoint; a checkpoint folder -> itself; a step folder that is not a whole
+    checkpoint -> refused, naming the newest intact one; anything else -> None."""
     if is_checkpoint(path):
         return path
+    run, name = os.path.split(os.path.normpath(path))
+    if re.fullmatch(r"step_\d+", name) and os.path.isdir(path):  # a torn save or a hand-deleted file
+        other = newest_intact(run, but=path)
+        raise InputError(f"checkpoint {path} is damaged (it lacks {missing(path)}): "
+                         + (f"use {other}, the newest intact one" if other else "no other step of its run is intact"))
     return latest(path)
 
 

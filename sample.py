@@ -359,6 +359,12 @@ def main(argv):
         if draft.config.vocab_size != model.config.vocab_size or (draft_tok and draft_tok.vocab_size != tok.vocab_size):
             raise InputError(f"the assistant {assistant_model} has a vocabulary of {draft.config.vocab_size} and the "
                              f"target {model.config.vocab_size}: the draft must share the target's tokenizer")
+    for ignored, why in ((compile and (draft is not None or prompt_lookup_num_tokens), "--compile=True compiles plain "
+                          "decoding only: speculative decoding runs without it"),
+                         (chat and each_line, "--chat=True takes one message: --each_line is ignored"),
+                         (chat and num_samples > 1, "--chat=True answers each message once: --num_samples is ignored")):
+        if ignored:
+            print(f"note: {why}", file=sys.stderr)
     stats = {}
     controls = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
                     repetition_penalty=repetition_penalty, greedy=greedy, prompt_lookup_num_tokens=prompt_lookup_num_tokens,

@@ -173,6 +173,10 @@ def test_damaged_files_are_named(world, tmp_path):
     model, _ = checkpoint.load_model(str(r))
     ref, _ = checkpoint.load_model(world["run"] + "/step_0000001")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+    os.remove(r / "step_0000002" / ".metadata")  # a step folder named directly, no longer a checkpoint
+    with pytest.raises(ValueError, match=r"step_0000002 is damaged \(it lacks train.json or .metadata\): use "
+                                         r".*step_0000001, the newest intact one"):
+        checkpoint.load_model(str(r / "step_0000002"))
 
 
 def test_sample_refuses_bad_input(world, tmp_path):

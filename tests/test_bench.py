@@ -100,16 +100,16 @@ def test_throughput_counts_the_rounds_ours_won(capsys, monkeypatch):
     assert out.count("elm_tiny / GPT: 0.50 (the median of the rounds' ratios; ours faster in 2 of 3 rounds)") == len(seen)
     assert out.count("llama_tiny / HF Llama: 1.00 (the median of the rounds' ratios; ours faster in 0 of 3") == len(seen)
     for bad in ("--rounds=0", "--rounds=x", "--rounds=2.5"):
-        with pytest.raises(bench.InputError, match="--rounds takes a whole number above 0"):
+        with pytest.raises(bench.InputError, match="--rounds takes a whole number of at least 1"):
             bench.bench_train(["throughput", bad])
 
 
 def test_bad_options_stop_before_any_timing(tmp_path, monkeypatch):
     """Every section's numeric options are checked first, in one line; so is the section itself."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # what bench.py gpu --cpu asks for, before its options
-    for section, args, words in ((bench.bench_sample, ["--new=abc"], "--new takes a whole number above 0, got 'abc'"),
-                                 (bench.bench_sample, ["--threads=0"], "--threads takes a whole number above 0"),
-                                 (bench.bench_gpu, ["--cpu", "--scale=x"], "--scale takes a number above 0")):
+    for section, args, words in ((bench.bench_sample, ["--new=abc"], "--new takes a whole number of at least 1, got 'abc'"),
+                                 (bench.bench_sample, ["--threads=0"], "--threads takes a whole number of at least 1"),
+                                 (bench.bench_gpu, ["--cpu", "--scale=-1"], "--scale takes a number of at least 0")):
         with pytest.raises(bench.InputError, match=words):
             section(args)
     (tmp_path / "f").write_text("")

@@ -315,8 +315,9 @@ def test_command_line_on_a_hugging_face_directory(hf_dir):
     draft = run_cli(f"--init_from={hf_dir}", "--start=def generate(model", "--max_new_tokens=12", "--greedy=True",
                     f"--assistant_model={hf_dir}")
     assert draft.returncode == 0 and draft.stdout == plain.stdout and "(100%)" in draft.stderr
-    chat = run_cli(f"--init_from={hf_dir}", "--chat=True", "--start=hello", "--max_new_tokens=5")
+    chat = run_cli(f"--init_from={hf_dir}", "--chat=True", "--start=hello", "--max_new_tokens=5", "--num_samples=2")
     assert chat.returncode == 0 and chat.stdout.startswith("assistant> ")
+    assert "note: --chat=True answers each message once: --num_samples is ignored" in chat.stderr
     for args, words in [(["--init_from=/no/such/dir"], "not found"),
                         ([f"--init_from={hf_dir}", "--start=" + "x " * 200], "context is 96")]:
         bad = run_cli(*args)
