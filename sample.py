@@ -330,11 +330,15 @@ def complete(model, tok, prompt, controls, echo=""):
     first new token (or the end), so a prompt that generate() refuses is not printed before its error."""
     idx, pending, stream = torch.tensor([prompt], device=device), [echo], streamer(tok, prompt, stop)
 
+    def echo_once():
+        while pending:
+            print(pending.pop(), end="", flush=True)
+
     def callback(new):
-        print(pending.pop() if pending else "", end="", flush=True)
+        echo_once()
         return stream(new)
     new = generate(model, idx, callback=callback, **controls)[0, len(prompt):].tolist()
-    print(pending.pop() if pending else "", end="", flush=True)
+    echo_once()  # when no token came
     return finish(tok, new, stop)
 
 
