@@ -324,7 +324,8 @@ def load_model(path, device="cpu", dtype=None, tokenizer="", need_tokenizer=Fals
 def _load(path, device, dtype):
     hf.refuse_gguf(path)
     if not os.path.isdir(path):
-        raise InputError(f"checkpoint {path!r} not found: give a run directory (out/<run>), one of its step_* "
+        what = "is a file, not a checkpoint folder" if os.path.exists(path) else "not found"
+        raise InputError(f"checkpoint {path!r} {what}: give a run directory (out/<run>), one of its step_* "
                          "folders, or a Hugging Face model directory")
     ck = resolve(path)
     if ck is None:

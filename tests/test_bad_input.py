@@ -187,6 +187,7 @@ def test_sample_refuses_bad_input(world, tmp_path):
     (tmp_path / "empty_lines.txt").write_text("\n  \n\n")
     cases = [
         ([f"--init_from={tmp_path / 'nowhere'}"], "not found"),
+        ([f"--init_from={world['root'] / 'a.txt'}"], "a.txt' is a file, not a checkpoint folder"),
         ([f"--init_from={tok_only}"], "holds a tokenizer (tokenizer.model) but no model"),
         ([f"--init_from={tmp_path / 'm.gguf'}"], "is a GGUF file"),
         ([f"--init_from={run_dir}", "--dtype=float64"], "dtype='float64': use auto"),
