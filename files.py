@@ -107,10 +107,12 @@ class Lock:
 
 
 @contextlib.contextmanager
-def sole_writer(folder, what, keep_lock=True):
+def sole_writer(folder, what, keep_lock=True, discard_refused=False):
     """For the life of a block: `folder` checked, created if need be, and locked for this process alone. If the
     block fails and the folder was new and holds nothing but the lock, it is removed again (a failed start leaves
-    nothing behind). keep_lock=False removes the lock file at the end (a folder to hand on, an export)."""
+    nothing behind); with discard_refused, a new folder is removed whatever it holds when the block refuses its
+    input (an InputError: what it made is of no use for the input that will be given next). keep_lock=False
+    removes the lock file at the end (a folder to hand on, an export)."""
     check_output(folder, what, folder=True)
     top = os.path.abspath(folder)  # the outermost folder this makes, with the ones inside it
     while not os.path.isdir(os.path.dirname(top)):
@@ -120,8 +122,9 @@ def sole_writer(folder, what, keep_lock=True):
     lock = Lock(folder, what)
     try:
         yield
-    except BaseException:
-        if made and [f for _, _, names in os.walk(top) for f in names] == [".lock"]:
+    except BaseException as e:
+        if made and (discard_refused and isinstance(e, InputError)
+                     or [f for _, _, names in os.walk(top) for f in names] == [".lock"]):
             lock.release()
             shutil.rmtree(top, ignore_errors=True)
         raise

@@ -304,8 +304,12 @@ def chat_format_of(rec, messages_field="messages", where="the first record"):
 
 def conversations(src, chat_format="auto", messages_field="messages", hf_config="", hf_split="train", skipped=None):
     """(format, iterator of (key, where, [(role, content)])) of a chat source; "auto" reads the first record's keys."""
+    skipped = [] if skipped is None else skipped
     recs = _records(src, hf_config, hf_split, skipped)
     first = next(recs, None)
+    if first is None and skipped:
+        raise InputError(f"no records in {src}: {len(skipped)} input(s) unreadable or not JSON, the first "
+                         f"{skipped[0][0]} ({skipped[0][1]}): fix or remove it")
     if first is None:
         raise InputError(f"no records in {src}: give a .json list, .jsonl or .parquet file or folder, or "
                          "hf:<dataset>")
@@ -709,7 +713,7 @@ def _prepare_chat(out_dir, s, tok):
 def main(argv):
     configurator.configure(globals(), argv)
     out_dir = os.path.join(data_root, name or default_name(source, hf_config))
-    with sole_writer(out_dir, "the data folder (data_root/name)"):
+    with sole_writer(out_dir, "the data folder (data_root/name)", discard_refused=True):
         return prepare_data(out_dir)
 
 

@@ -262,6 +262,12 @@ def test_eval_refuses_bad_input(world, tmp_path):
 
 
 def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
+    import sentencepiece as spm
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "broken.json").write_text('{"instruction": "a"')
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["red bird cold river"] * 200), vocab_size=40,
+                                   model_prefix=str(inputs / "sp"), minloglevel=2, hard_vocab_limit=False)
     cases = [
         ([f"--source={world['root'] / 'a.txt'}", f"--data_root={world['root'] / 'a.txt'}"], "is a file"),
         ([f"--source={world['root'] / 'a.txt'}", "--name=" + "n" * 300, f"--data_root={tmp_path}"], "more than the 255"),
@@ -271,9 +277,12 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
         ([f"--source={world['root'] / 'a.txt'}", "--chat_format=fancy", f"--data_root={tmp_path}"], "chat_format='fancy'"),
         ([f"--source={world['root'] / 'a.txt'}", "--max_documents=-1", f"--data_root={tmp_path}"], "max_documents=-1"),
         ([f"--source={world['root'] / 'a.txt'}", "--name=../escape", f"--data_root={tmp_path}"], "not a path"),
+        # refused after the tokenizer was copied in: the new folder goes, whatever it held
+        ([f"--source={inputs / 'broken.json'}", "--chat_format=alpaca", f"--tokenizer={inputs / 'sp.model'}",
+          "--seq_len=16", f"--data_root={tmp_path}"], "broken.json (JSONDecodeError): fix or remove it"),
     ]
     assert_refused("prepare", cases, world["root"])
-    assert not os.listdir(tmp_path)
+    assert os.listdir(tmp_path) == ["in"]
     cases = [
         ([], "give --init_from="),
         ([f"--init_from={world['run']}", f"--out={world['root'] / 'a.txt'}"], "is a file, not a folder"),
