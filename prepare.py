@@ -368,6 +368,10 @@ def train_tokenizer(texts, path, vocab_size=8192, max_sentences=25_000, num_thre
             max_sentence_length=4 * _CHUNK_CHARS, num_threads=num_threads, unk_id=0, bos_id=1, eos_id=2,
             pad_id=-1, minloglevel=2)
     except RuntimeError as e:  # e.g. "Vocabulary size too high (8192). Please set it to a value <= 3021."
+        low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+        if low:  # the 256 byte pieces, unk/bos/eos and every character of the text each take a piece
+            raise InputError(f"vocab_size={vocab_size} is too small for this text: its characters and the 259 byte and "
+                             f"special pieces need {low.group(2)}: use --vocab_size={low.group(2)} or more")
         raise InputError(f"SentencePiece training failed: {str(e).strip()}: adjust --vocab_size or give more text")
     atomic_write(path, model.getvalue())
     return len(sentences), sum(map(len, sentences))

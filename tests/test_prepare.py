@@ -342,6 +342,8 @@ def test_undecodable_files_are_skipped_and_counted(corpus, sp_model, tmp_path, c
     (dict(tokenizer="/no/such/tokenizer.model"), r"tokenizer file '/no/such/tokenizer.model' not found"),
     (dict(tokenizer="tiktoken:nope"), r"unknown tiktoken encoding 'nope'"),
     (dict(vocab_size=100_000), r"SentencePiece training failed: .*Vocabulary size too high.*--vocab_size"),
+    (dict(vocab_size=10), r"vocab_size=10 is too small for this text: .* need (\d+): use --vocab_size=\1 or more"),
+    (dict(max_documents=-1), r"max_documents=-1 must be at least 0"),
     (dict(val_fraction=0.6, test_fraction=0.5), r"val_fraction and test_fraction"),
     (dict(dtype="int8"), r"dtype='int8'"),
 ])
