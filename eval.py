@@ -570,7 +570,8 @@ def bits_per_byte(nats, nbytes):
 def text_perplexity(model, tok, path, max_len, batch=16, context_len=1):
     """Rolling perplexity of raw text: token perplexity plus the harness's word/byte perplexity and bits per byte."""
     if not os.path.isfile(path):
-        raise InputError(f"text file {path} not found: give a .txt file or a .jsonl file with a 'text' field")
+        what = "is a folder, not a file" if os.path.isdir(path) else "not found"
+        raise InputError(f"text file {path} {what}: give a .txt file or a .jsonl file with a 'text' field")
     docs = [read_text(path)]
     if path.endswith(".jsonl"):
         docs = []

@@ -49,7 +49,8 @@ class Tokenizer:
             path = tokenizer_file(path)
         if not os.path.isfile(path):
             raise InputError(f"tokenizer file {path!r} not found: give a SentencePiece .model file, a "
-                             "tokenizer.json, 'tiktoken:<encoding>', or leave --tokenizer empty to train one")
+                             "tokenizer.json or 'tiktoken:<encoding>' (or leave --tokenizer empty: prepare.py then trains one, "
+                             "sample.py and eval.py use the checkpoint's)")
         self.name, self.files = path, [path]
         (self._open_json if path.endswith(".json") else self._open_sentencepiece)(path)
 

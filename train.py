@@ -305,6 +305,9 @@ def load_data(s):
     """(meta, train data, val data, chat?, pad id, block size): windows of a token stream, or chat rows whose
     length is the sequence length."""
     meta = data.read_meta(s["data_dir"])
+    if meta.get("tokenizer_file") and not data.has_tokenizer(s["data_dir"]):  # checkpoints would carry none
+        raise InputError(f"{s['data_dir']} lacks {meta['tokenizer_file']}, the tokenizer its meta.json names: re-run "
+                         f"prepare.py for it, or copy the tokenizer back")
     pad_id = meta.get("pad_id")
     pad_id = pad_id if pad_id not in (None, meta.get("bos_id"), meta.get("eos_id")) else None
     if meta.get("layout") == "rows":

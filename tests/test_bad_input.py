@@ -142,6 +142,10 @@ def test_damaged_files_are_named(world, tmp_path):
     (d / "meta.json").write_text(json.dumps({**meta, "splits": None}))  # valid JSON, but not ours
     with pytest.raises(ValueError, match="is damaged"):
         data_lib.read_meta(d)
+    (d / "meta.json").write_text(json.dumps({**meta, "tokenizer_file": "tokenizer.model"}))  # named, not there
+    import train
+    with pytest.raises(ValueError, match="lacks tokenizer.model, the tokenizer its meta.json names: re-run prepare.py"):
+        train.load_data({"data_dir": str(d), "block_size": 32})
     (d / "meta.json").write_text(json.dumps(meta))
     with open(d / "train.bin", "ab") as f:
         f.write(b"\x00")  # an odd byte: not a whole number of uint16

@@ -307,6 +307,8 @@ def test_text_perplexity_files(model, tok, tmp_path):
         -sum(lls) / math.log(2) / sum(len(d.encode()) for d in docs))
     with pytest.raises(InputError, match="text file .* not found"):
         ev.text_perplexity(model, tok, str(tmp_path / "missing.txt"), 16)
+    with pytest.raises(InputError, match="text file .* is a folder, not a file"):
+        ev.text_perplexity(model, tok, str(tmp_path), 16)
 
 
 def test_token_split_perplexity_and_bits_per_byte(model, tok, tmp_path):
