@@ -117,9 +117,9 @@ def latest(out_dir, quiet=False):
     for path in step_folders(out_dir):
         if missing(path) is None:
             if not quiet and (named or os.path.isfile(pointer)):
-                print(f"note: {pointer} names {os.path.basename(named) if named else 'no step folder'}, which is "
-                      f"{'incomplete' if named and os.path.isdir(named) else 'not there'}: using {path}, the newest "
-                      f"complete checkpoint", file=sys.stderr)
+                what = (f"names {os.path.basename(named)}, which is {'incomplete' if os.path.isdir(named) else 'not there'}"
+                        if named else "names no step folder")
+                print(f"note: {pointer} {what}: using {path}, the newest complete checkpoint", file=sys.stderr)
             return path
     return None
 

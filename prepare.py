@@ -717,7 +717,7 @@ def _prepare_chat(out_dir, s, tok):
 def main(argv):
     configurator.configure(globals(), argv)
     out_dir = os.path.join(data_root, name or default_name(source, hf_config))
-    with sole_writer(out_dir, "the data folder (data_root/name)", discard_refused=True):
+    with sole_writer(out_dir, "data_root/name", discard_refused=True):
         return prepare_data(out_dir)
 
 
