@@ -140,6 +140,9 @@ def bench_sample(args):
     import sample
     opts = _options(args)
     quick, new = "--quick" in args, _number(opts, "new", 128)
+    if "init_from" in opts and not os.path.isdir(opts["init_from"]):  # asked for, so no random stand-in
+        raise InputError(f"--init_from={opts['init_from']} is not a checkpoint folder: train one, or leave --init_from "
+                         f"out (random weights)")
     reps = 1 if quick else 3
     if "threads" in opts:
         torch.set_num_threads(_number(opts, "threads", None))

@@ -109,6 +109,7 @@ def test_bad_options_stop_before_any_timing(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # what bench.py gpu --cpu asks for, before its options
     for section, args, words in ((bench.bench_sample, ["--new=abc"], "--new takes a whole number of at least 1, got 'abc'"),
                                  (bench.bench_sample, ["--threads=0"], "--threads takes a whole number of at least 1"),
+                                 (bench.bench_sample, [f"--init_from={tmp_path / 'none'}"], "is not a checkpoint folder"),
                                  (bench.bench_gpu, ["--cpu", "--scale=-1"], "--scale takes a number of at least 0")):
         with pytest.raises(bench.InputError, match=words):
             section(args)
