@@ -130,7 +130,8 @@ def resolve(path):
     if is_checkpoint(path):
         return path
     run, name = os.path.split(os.path.normpath(path))
-    if re.fullmatch(r"step_\d+", name) and os.path.isdir(path):  # a torn save or a hand-deleted file
+    ours = os.path.isdir(path) and any(f.endswith(".distcp") or f in ("train.json", ".metadata") for f in os.listdir(path))
+    if re.fullmatch(r"step_\d+", name) and ours:  # a torn save or a hand-deleted file
         other = newest_intact(run, but=path)
         raise InputError(f"checkpoint {path} is damaged (it lacks {missing(path)}): "
                          + (f"use {other}, the newest intact one" if other else "no other step of its run is intact"))

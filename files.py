@@ -44,7 +44,10 @@ def read_json(path, fix, missing=None):
     except FileNotFoundError:
         raise InputError(f"{path} not found: {missing or fix}")
     except NotADirectoryError:  # a file named where a folder was meant (--data_dir=train.bin)
-        raise InputError(f"{os.path.dirname(path)} is a file, not a folder: {missing or fix}")
+        file = os.path.dirname(path)
+        while file and not os.path.isfile(file):
+            file = os.path.dirname(file)
+        raise InputError(f"{file} is a file, not a folder: {missing or fix}")
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
         raise InputError(f"{path} is damaged ({type(e).__name__}: {e}): {fix}")
 

@@ -178,6 +178,8 @@ def _meta_config(path):
                            ffn_dim=ffn, norm_eps=p.get("norm_eps", 1e-6), rope_theta=float(p.get("rope_theta", 10000.0)))
     except KeyError as e:
         raise InputError(f"{path}/params.json lacks {e.args[0]!r}: download it again")
+    except ValueError as e:
+        raise InputError(f"{path}/params.json describes no model ({e}): download it again")
 
 
 # ----------------------------------------------------------------------------- reading tensors

@@ -117,7 +117,8 @@ def _step_fn(compile, model):
     if device not in _compiled:  # one compiled step per device type; dynamo guards handle new models
         mode = "reduce-overhead" if device == "cuda" else "default"  # reduce-overhead = CUDA graphs
         _compiled[device] = torch.compile(decode_step, mode=mode, fullgraph=True)
-    if device != "cpu" or quantize.gemv_pays(model):  # fp32 on a CPU: the graph calls quantize.gemv's products
+    gemv = quantize.gemv_pays(model) and not any(isinstance(m, quantize.Int8Linear) for m in model.modules())
+    if device != "cpu" or gemv:  # fp32 linear layers on a CPU: the graph calls quantize.gemv's products
         return _compiled[device]
     from torch._inductor import config as inductor_config
 

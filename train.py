@@ -207,9 +207,7 @@ def init_distributed(device):
     """(rank, world, local rank, device string). torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; NCCL on GPUs,
     gloo on CPUs."""
     if "RANK" not in os.environ:
-        dev = device if device != "auto" else (
-            "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
-        return 0, 1, 0, dev
+        return 0, 1, 0, configurator.check_device(device)
     local_rank = int(os.environ["LOCAL_RANK"])
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if cuda:
@@ -628,6 +626,9 @@ def train(settings, resume_from):
     if s.eval_interval and val_data is None and master:
         print(f"note: {s.data_dir} has no val split longer than block_size: no val loss")
     max_iters, schedule = schedule_of(s, len(train_data[0]) if chat else None)
+    if resume_from and checkpoint.read_info(resume_from)["step"] > max_iters:  # before anything is loaded
+        raise InputError(f"the run resumes at step {checkpoint.read_info(resume_from)['step']}, past max_iters="
+                         f"{max_iters}: raise --max_iters (and --lr_decay_iters with it) to train on")
     common = dict(rank=rank, world=world, batch_size=s.batch_size, global_batch_size=s.global_batch_size, seed=s.seed)
     batch = functools.partial(get_rows, train_data, **common) if chat else \
         functools.partial(get_batch, train_data, block_size=block_size, pad_id=pad_id, **common)
@@ -652,9 +653,6 @@ def train(settings, resume_from):
             print(f"LoRA: {trainable:,} trainable parameters ({trainable / raw.num_params():.2%})")
         print(f"{raw.num_params() / 1e6:.2f}M parameters | {world} process(es) on {dev} | {micro_steps} micro-step(s) "
               f"of {s.batch_size}x{block_size} | {tokens_per_step:,} tokens/step | steps {step} -> {max_iters}")
-    if step > max_iters:
-        raise InputError(f"the run resumes at step {step}, past max_iters={max_iters}: raise --max_iters (and "
-                         f"--lr_decay_iters with it) to train on")
     start_step, t_start = step, time.time()
     t_log, step_log = time.time(), step
     recent, spike, calm = [], None, 0  # the last normal steps' (loss, grad norm); where a spike began; normal since

@@ -181,6 +181,8 @@ def test_damaged_files_are_named(world, tmp_path):
     with pytest.raises(ValueError, match=r"step_0000002 is damaged \(it lacks train.json or .metadata\): use "
                                          r".*step_0000001, the newest intact one"):
         checkpoint.load_model(str(r / "step_0000002"))
+    hf.save_model(model, tmp_path / "step_0000009")  # a Hugging Face folder that happens to be named like a step
+    assert checkpoint.load_model(str(tmp_path / "step_0000009"))[0].config.layer_dims() == model.config.layer_dims()
 
 
 def test_sample_refuses_bad_input(world, tmp_path):
