@@ -110,8 +110,11 @@ class ModelConfig:
                 raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: set head_dim")
         elif not self.head_dim:
             raise ValueError("layer-wise scaling needs an explicit head_dim")
-        elif min(per_layer(self.qkv_multipliers, self.n_layer) + per_layer(self.ffn_multipliers, self.n_layer)) <= 0:
-            raise ValueError("every layer's qkv and ffn multipliers must be above 0")
+        elif min(x for m in (self.qkv_multipliers, self.ffn_multipliers)
+                 for x in (m if isinstance(m, (list, tuple)) else [m])) <= 0:
+            raise ValueError("qkv and ffn multipliers must be above 0")
+        else:
+            self.layer_dims()  # a list of the wrong length fails here, not at the first forward
         if self.dim_head % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.dim_head}")
 
