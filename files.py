@@ -45,7 +45,7 @@ def read_json(path, fix, missing=None):
         raise InputError(f"{path} not found: {missing or fix}")
     except NotADirectoryError:  # a file named where a folder was meant (--data_dir=train.bin)
         file = os.path.dirname(path)
-        while file and not os.path.isfile(file):
+        while os.path.dirname(file) != file and not os.path.isfile(file):  # stops at "" or the root
             file = os.path.dirname(file)
         raise InputError(f"{file} is a file, not a folder: {missing or fix}")
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError

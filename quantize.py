@@ -58,7 +58,7 @@ def gemv_pays(model):
 def _products(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x (rows, in) times w (blocks, out / blocks, in) transposed: (rows, out), as a batch of
     matrix-vector products. The rows as columns, the same for every block: (blocks, in, rows) with strides
-    (0, 1, in), a view of x; MKL's batched product streams this layout fastest (the same columns copied
+    (0, 1, in) for a contiguous x, a view of it; MKL's batched product streams this layout fastest (the same columns copied
     contiguous are 4x slower)."""
     blocks, part, inp = w.shape
     y = torch.bmm(w, x.as_strided((blocks, inp, x.shape[0]), (0, x.stride(1), x.stride(0))))  # (blocks, out / blocks, rows)

@@ -303,9 +303,9 @@ def load_data(s):
     """(meta, train data, val data, chat?, pad id, block size): windows of a token stream, or chat rows whose
     length is the sequence length."""
     meta = data.read_meta(s["data_dir"])
-    if meta.get("tokenizer_file") and not data.has_tokenizer(s["data_dir"]):  # checkpoints would carry none
-        raise InputError(f"{s['data_dir']} lacks {meta['tokenizer_file']}, the tokenizer its meta.json names: re-run "
-                         f"prepare.py for it, or copy the tokenizer back")
+    if meta.get("tokenizer_file") and not os.path.isfile(os.path.join(s["data_dir"], meta["tokenizer_file"])):
+        raise InputError(f"{s['data_dir']} lacks {meta['tokenizer_file']}, the tokenizer its meta.json names (its "
+                         f"checkpoints would carry none): re-run prepare.py for it, or copy the tokenizer back")
     pad_id = meta.get("pad_id")
     pad_id = pad_id if pad_id not in (None, meta.get("bos_id"), meta.get("eos_id")) else None
     if meta.get("layout") == "rows":
@@ -626,9 +626,10 @@ def train(settings, resume_from):
     if s.eval_interval and val_data is None and master:
         print(f"note: {s.data_dir} has no val split longer than block_size: no val loss")
     max_iters, schedule = schedule_of(s, len(train_data[0]) if chat else None)
-    if resume_from and checkpoint.read_info(resume_from)["step"] > max_iters:  # before anything is loaded
-        raise InputError(f"the run resumes at step {checkpoint.read_info(resume_from)['step']}, past max_iters="
-                         f"{max_iters}: raise --max_iters (and --lr_decay_iters with it) to train on")
+    resumes_at = checkpoint.read_info(resume_from)["step"] if resume_from else 0
+    if resumes_at > max_iters:  # refused before anything is loaded
+        raise InputError(f"the run resumes at step {resumes_at}, past max_iters={max_iters}: raise --max_iters (and "
+                         f"--lr_decay_iters with it) to train on")
     common = dict(rank=rank, world=world, batch_size=s.batch_size, global_batch_size=s.global_batch_size, seed=s.seed)
     batch = functools.partial(get_rows, train_data, **common) if chat else \
         functools.partial(get_batch, train_data, block_size=block_size, pad_id=pad_id, **common)
