@@ -225,15 +225,15 @@ def save(out_dir, step, model, optimizer, settings, data_dir=None, keep_last=3, 
         dist.all_gather_object(every, sums)
         sums = {f: h for part in every for f, h in part.items()}
     if rank == 0:
+        if data_dir and os.path.isfile(os.path.join(data_dir, "meta.json")):  # checksummed too: sample.py needs them
+            meta = data.read_meta(data_dir)
+            for f in ["meta.json"] + (meta.get("tokenizer_files") or [meta.get("tokenizer_file")]):
+                if f and os.path.isfile(os.path.join(data_dir, f)):
+                    shutil.copy2(os.path.join(data_dir, f), tmp)
+                    sums[f] = _sha256(os.path.join(tmp, f))
         info = {"step": step, "model_config": dataclasses.asdict(model.config), "settings": settings,
                 "world_size": dist.get_world_size() if _distributed() else 1, **(extra or {}), "checksums": sums}
         write_json(os.path.join(tmp, "train.json"), info)
-        if data_dir and os.path.isfile(os.path.join(data_dir, "meta.json")):
-            shutil.copy2(os.path.join(data_dir, "meta.json"), tmp)
-            meta = data.read_meta(data_dir)
-            for f in meta.get("tokenizer_files") or [meta.get("tokenizer_file")]:
-                if f and os.path.isfile(os.path.join(data_dir, f)):
-                    shutil.copy2(os.path.join(data_dir, f), tmp)
         if os.path.isdir(final):  # the same step saved again (a run resumed from its final checkpoint)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -247,8 +247,7 @@ def seal(path):
     """Checksum every file of a checkpoint written in one process (weights only, say) into its train.json."""
     info = read_info(path)
     info["checksums"] = {os.path.relpath(os.path.join(d, f), path): _sha256(os.path.join(d, f))
-                         for d, _, names in os.walk(path) for f in names if f.endswith(".distcp") or f == ".metadata"
-                         or d.endswith("rng")}
+                         for d, _, names in os.walk(path) for f in names if f != "train.json"}
     write_json(os.path.join(path, "train.json"), info)
 
 

@@ -708,11 +708,20 @@ def main(argv):
     print(f"done in {time.time() - t0:.1f}s" + (f", results in {out_file}" if out_file else ""))
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "harness":  # the official CLI with our model registered
-        harness_model_class()
-        from lm_eval.__main__ import cli_evaluate
-        sys.argv = ["lm_eval"] + sys.argv[2:]
+def harness(argv):
+    """The official lm_eval CLI with our model registered as "nanoelm"."""
+    harness_model_class()
+    from lm_eval.__main__ import cli_evaluate
+    sys.argv = ["lm_eval"] + argv
+    try:
         cli_evaluate()
-        sys.exit(0)
-    configurator.main(main, sys.argv[1:])
+    except ConnectionError as e:  # lm_eval fetches each task's dataset from the Hugging Face Hub
+        raise InputError(f"lm_eval could not download a task's dataset ({e}): run it once with network access (the "
+                         "datasets cache keeps it), or use eval.py's own --tasks with --download=True") from None
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "harness":
+        configurator.main(harness, sys.argv[2:])
+    else:
+        configurator.main(main, sys.argv[1:])

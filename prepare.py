@@ -97,6 +97,8 @@ def source_files(src, exts=extensions):
     for d, dirs, names in os.walk(root):  # top-down, so sorting dirs in place fixes the whole order
         dirs[:] = sorted(x for x in dirs if x not in prune and x != "__pycache__" and not x.startswith("."))
         files += [os.path.join(d, f) for f in sorted(names) if f.endswith(exts)]
+    if not files:
+        raise InputError(f"source {src!r} holds no files ending in {' '.join(exts)}: choose the types with --extensions")
     return root, files
 
 
@@ -351,12 +353,15 @@ def _chunks(text, size=_CHUNK_CHARS):
         yield buf
 
 
-def train_tokenizer(texts, path, vocab_size=8192, max_sentences=25_000, num_threads=1):
+def train_tokenizer(texts, path, vocab_size=8192, max_sentences=25_000, num_threads=1, skipped=()):
     """Train a SentencePiece BPE on an iterable of texts and write it to `path`. LLaMA's conventions (byte fallback,
     digits split, unk 0, bos 1, eos 2, no pad) except that text round-trips exactly: identity normalization, runs
     of spaces and whitespace-only pieces kept (indentation), no dummy space prefix."""
     import sentencepiece as spm
     sentences = list(itertools.islice((c for t in texts for c in _chunks(t)), max_sentences))
+    if not sentences and skipped:  # filled while `texts` was read
+        raise InputError(f"no text to train the tokenizer on: skipped as unreadable or not UTF-8 {skipped[0][0]} "
+                         f"({skipped[0][1]}) and {len(skipped) - 1} more: give UTF-8 text, .jsonl or .parquet files")
     if not sentences:
         raise InputError("no text to train the tokenizer on: check the source (is the train split empty?)")
     model = io.BytesIO()
@@ -483,7 +488,7 @@ def default_name(src, hf_config=""):
 
 def _install_tokenizer(out_dir, tok, train_texts, s, keep=False):
     """The data folder's tokenizer: a tokenizer file copied in (a SentencePiece model, or a tokenizer.json with its
-    tokenizer_config.json), tiktoken recorded by name (in meta.json), or a BPE trained on train_texts() (the train
+    tokenizer_config.json), tiktoken recorded by name (in meta.json), or a BPE trained on train_texts(skipped) (the train
     split only); keep: reuse the one an interrupted run trained."""
     if tok is not None and tok.kind == "tiktoken":
         return tok
@@ -497,7 +502,9 @@ def _install_tokenizer(out_dir, tok, train_texts, s, keep=False):
     if not (keep and os.path.isfile(model_path)):
         t0 = time.time()
         print(f"training a {s['vocab_size']}-piece SentencePiece BPE on the train split of {s['source']} ...")
-        n, chars = train_tokenizer(train_texts(), model_path, s["vocab_size"], s["tokenizer_sentences"], s["num_proc"])
+        skipped = []
+        n, chars = train_tokenizer(train_texts(skipped), model_path, s["vocab_size"], s["tokenizer_sentences"],
+                                   s["num_proc"], skipped)
         print(f"tokenizer trained on {n:,} chunks ({chars / 1e6:.1f}M characters) in {time.time() - t0:.1f}s")
     return Tokenizer(model_path)
 
@@ -539,8 +546,8 @@ def _documents(s, skipped=None):
                                       s["hf_config"], s["hf_split"], skipped), s["max_documents"] or None)
 
 
-def _train_texts(s):
-    return (text for key, text in _documents(s) if split_of(key, s["val_fraction"], s["test_fraction"]) == "train")
+def _train_texts(s, skipped=None):
+    return (text for key, text in _documents(s, skipped) if split_of(key, s["val_fraction"], s["test_fraction"]) == "train")
 
 
 def _manifest(out_dir, s):
@@ -614,7 +621,7 @@ def prepare_data(out_dir, **overrides):
     if s["chat_format"]:
         return _prepare_chat(out_dir, s, tok)
     manifest, resume = _manifest(out_dir, s)
-    tok = _install_tokenizer(out_dir, tok, lambda: _train_texts(s), s, keep=resume)
+    tok = _install_tokenizer(out_dir, tok, lambda skipped: _train_texts(s, skipped), s, keep=resume)
     tok_id = tok.spec if tok.kind == "tiktoken" else hashlib.sha256(open(tok.name, "rb").read()).hexdigest()
     if manifest.get("tokenizer") not in (None, tok_id):  # token files made with another tokenizer are useless
         print(f"{out_dir}: the tokenizer changed since the last run, starting over")
@@ -656,8 +663,8 @@ def _conversations(s, skipped=None):
     return fmt, itertools.islice(it, s["max_documents"] or None)
 
 
-def _chat_train_texts(s):
-    return (chat_text(conv, eos="") for key, _, conv in _conversations(s)[1]
+def _chat_train_texts(s, skipped=None):
+    return (chat_text(conv, eos="") for key, _, conv in _conversations(s, skipped)[1]
             if split_of(key, s["val_fraction"], s["test_fraction"]) == "train")
 
 
@@ -667,7 +674,7 @@ def _prepare_chat(out_dir, s, tok):
     a re-run redoes it all identically."""
     src, fractions, T, skipped = s["source"], (s["val_fraction"], s["test_fraction"]), s["seq_len"], []
     _clear(out_dir, None)  # no stale meta.json over half-written files, no shards of an earlier text run
-    tok = _install_tokenizer(out_dir, tok, lambda: _chat_train_texts(s), s)
+    tok = _install_tokenizer(out_dir, tok, lambda skipped: _chat_train_texts(s, skipped), s)
     dt, pad = token_dtype(tok.vocab_size, s["dtype"]), tok.eos_id if tok.pad_id is None else tok.pad_id
 
     from tqdm import tqdm

@@ -319,7 +319,10 @@ def main(argv):
                          "--out=DIR, or recover --base=PATH --diff=DIR --out=DIR")
     # only the four paths are settings, not the tables above
     s = configurator.configure({"base": base, "tuned": tuned, "diff": diff, "out": out, "__file__": __file__}, argv[1:])
-    for key in ("base", "tuned" if command == "make" else "diff", "out"):
+    used, unused = ("tuned", "diff") if command == "make" else ("diff", "tuned")
+    if s[unused]:
+        raise InputError(f"{command} takes no --{unused} (make reads --base and --tuned; recover reads --base and --diff)")
+    for key in ("base", used, "out"):
         if not s[key]:
             raise InputError(f"{command} needs --{key}=PATH")
     check_output(s["out"], "--out", folder=True)  # before reading gigabytes of weights

@@ -181,6 +181,12 @@ def test_damaged_files_are_named(world, tmp_path):
     with pytest.raises(ValueError, match=r"step_0000002 is damaged \(it lacks train.json or .metadata\): use "
                                          r".*step_0000001, the newest intact one"):
         checkpoint.load_model(str(r / "step_0000002"))
+    shutil.rmtree(r / "step_0000002")  # the data files copied beside the weights are checksummed too
+    shutil.copytree(world["run"] + "/step_0000002", r / "step_0000002")
+    os.remove(r / "step_0000002" / "meta.json")
+    assert checkpoint.latest(str(r), quiet=True) == str(r / "step_0000001")
+    with pytest.raises(ValueError, match=r"step_0000002 lacks meta.json \(missing\); the newest intact checkpoint is"):
+        checkpoint.load_model(str(r / "step_0000002"))
     hf.save_model(model, tmp_path / "step_0000009")  # a Hugging Face folder that happens to be named like a step
     assert checkpoint.load_model(str(tmp_path / "step_0000009"))[0].config.layer_dims() == model.config.layer_dims()
 
@@ -274,7 +280,11 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
     (inputs / "broken.json").write_text('{"instruction": "a"')
     spm.SentencePieceTrainer.train(sentence_iterator=iter(["red bird cold river"] * 200), vocab_size=40,
                                    model_prefix=str(inputs / "sp"), minloglevel=2, hard_vocab_limit=False)
+    (inputs / "scan.pdf").write_bytes(b"%PDF-1.4\n\xff\xd8\xff\xe0" * 50)
     cases = [
+        ([f"--source={inputs / 'scan.pdf'}", f"--data_root={tmp_path}"], "skipped as unreadable or not UTF-8 "
+                                                                          f"{inputs / 'scan.pdf'} (UnicodeDecodeError) and 0 more"),
+        ([f"--source={inputs}", "--extensions=.docx .odt", f"--data_root={tmp_path}"], "holds no files ending in .docx .odt"),
         ([f"--source={world['root'] / 'a.txt'}", f"--data_root={world['root'] / 'a.txt'}"], "is a file"),
         ([f"--source={world['root'] / 'a.txt'}", "--name=" + "n" * 300, f"--data_root={tmp_path}"], "more than the 255"),
         ([f"--source={tmp_path / 'missing'}"], "not found"),
@@ -303,6 +313,8 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
         (["make", f"--base={world['hf']}", f"--tuned={world['hf']}", f"--out={world['root'] / 'a.txt'}"], "is a file"),
         (["make", f"--base={world['hf']}", f"--tuned={world['run']}", f"--out={tmp_path / 'd'}"], "export ours"),
         (["unmake"], "unknown command 'unmake'"),
+        (["make", f"--base={world['hf']}", f"--diff={world['hf']}", f"--out={tmp_path / 'd'}"], "make takes no --diff"),
+        (["recover", f"--base={world['hf']}", f"--tuned={world['hf']}", f"--diff=x", f"--out={tmp_path / 'r'}"], "recover takes no --tuned"),
         (["recover", f"--base={world['hf']}", f"--diff={world['hf']}", f"--out={tmp_path / 'r'}"], "weight_diff.json not found: it is not a diff made by weight_diff.py"),
     ]
     assert_refused("weight_diff", cases, world["root"])

@@ -484,8 +484,8 @@ def run_dir(model, tok, tmp_path_factory):
     return str(root)
 
 
-def _run(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _run(*args, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "eval.py", *args], cwd=ROOT, capture_output=True, text=True, env=env,
                           timeout=600)
 
@@ -513,3 +513,8 @@ def test_harness_cli_runs_our_checkpoint(run_dir, harness):
              "--tasks", "local_piqa", "--include_path", include_dir)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "local_piqa" in r.stdout and "acc_norm" in r.stdout
+    # a task whose dataset lives on the Hub, with the Hub out of reach: one line, not the datasets traceback
+    r = _run("harness", "--model", "nanoelm", "--model_args", f"path={run_dir}/run", "--tasks", "arc_easy",
+             env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: lm_eval could not download a task's dataset")
