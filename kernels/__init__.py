@@ -36,7 +36,7 @@ import torch
 
 from kernels.reference import (IGNORE_INDEX, attention_eager, cross_entropy_eager, rel_err, rms_norm_eager,  # noqa: F401
                                rope_eager, swiglu_eager)
-from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, SwiGLUTorch, attention_sdpa, rotate
+from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, SwiGLUTorch, attention_sdpa, normalize, rotate
 
 BACKENDS = ("auto", "triton", "sdpa", "eager")
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what "auto" sends to the norm/RoPE kernels
@@ -184,8 +184,10 @@ def rms_norm(x, weight, eps, backend="auto"):
                                and _triton_ok("rms_norm", x.dtype, x.device, (x.shape[-1], weight.dtype))):
         from kernels import rmsnorm
         return rmsnorm.rms_norm(x, weight, eps)
-    if backend == "eager" or torch.compiler.is_compiling() or not torch.is_grad_enabled():
-        return rms_norm_eager(x, weight, eps)  # the same values; without autograd, fewer ops than the Function
+    if backend == "eager" or torch.compiler.is_compiling() or not torch.is_grad_enabled() and x.is_cuda:
+        return rms_norm_eager(x, weight, eps)  # F.rms_norm: one fused kernel on a GPU
+    if not torch.is_grad_enabled():
+        return normalize(x, weight, eps)[0]  # the Function's forward, without the autograd bookkeeping
     return RMSNormTorch.apply(x, weight, eps)
 
 

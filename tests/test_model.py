@@ -203,8 +203,8 @@ def test_sdpa_and_eager_backends_agree(make):
 ])
 @pytest.mark.parametrize("frozen", [False, True])
 def test_rms_norm_torch_path_equals_eager(shape, dtype, wdtype, eps, frozen):
-    """The CPU path (kernels.RMSNormTorch: LayerNorm's fused backward plus the centering term): the eager
-    reference's values bit for bit in the same dtype, and its gradients against the eager code in float64."""
+    """The CPU path (kernels.RMSNormTorch: LayerNorm's fused backward plus the centering term), and its forward
+    without autograd: the eager reference's values bit for bit in the same dtype, and its gradients against the eager code in float64."""
     import kernels
     torch.manual_seed(0)
     qkv = (3 * torch.randn(*shape[:-1], 3 * shape[-1])).to(dtype)  # x is a strided slice, as q is of qkv
@@ -212,6 +212,8 @@ def test_rms_norm_torch_path_equals_eager(shape, dtype, wdtype, eps, frozen):
     w = (1 + 0.5 * torch.randn(shape[-1])).to(wdtype).requires_grad_(not frozen)
     y = kernels.rms_norm(x, w, eps, backend="sdpa")
     assert torch.equal(y, kernels.rms_norm_eager(x, w, eps))
+    with torch.no_grad():  # sampling and eval: the Function's forward alone (kernels.normalize), the same values
+        assert torch.equal(kernels.rms_norm(x, w, eps), y)
     dy = torch.randn(y.shape).to(y.dtype)
     y.backward(dy)
     xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_(not frozen)
