@@ -24,21 +24,26 @@ class InputError(ValueError):
 
 
 def main(fn, *args):
-    """Run a script's fn(*args); an InputError becomes `error: ...` on stderr and exit status 2. Under torchrun
-    only rank 0 prints it (every rank meets the same error), and no rank shows a traceback."""
+    """Run a script's fn(*args); an InputError becomes `error: ...` on stderr and exit status 2, Ctrl-C
+    `interrupted` and status 130. Under torchrun only rank 0 prints it (every rank meets the same error), and no
+    rank shows a traceback."""
     try:
         return fn(*args)
     except InputError as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: what was written is whole (atomic writes); no traceback of where it stopped
+        if os.environ.get("RANK", "0") == "0":
+            print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def _typecheck(key, old, new, where):
     # int -> float is a widening users expect (`--lr=1` for a float default); everything else must match.
     if isinstance(old, bool) != isinstance(new, bool) and old is not None and new is not None:
         pass  # bool is an int subclass in Python; --n_layer=True must not pass as 1
-    elif old is None or new is None or isinstance(new, type(old)):
+    elif old is None or isinstance(new, type(old)):
         return new
     if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
         return float(new)
@@ -55,9 +60,11 @@ def _settings(scope):
 def read_file(path):
     """The names a config file assigns (modules, functions and _private names left out)."""
     try:
-        src = open(path).read()
+        src = open(path, encoding="utf-8").read()
     except OSError as e:
         raise InputError(f"cannot read config file {path}: {e.strerror}")
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path} is not UTF-8 text: give a Python file of settings")
     cfg = {}
     try:
         exec(compile(src, path, "exec"), {}, cfg)

@@ -57,11 +57,16 @@ def check_output(path, what, folder=False):
     file goes or the reverse, a name longer than the file system allows, a missing folder for a file, or a place
     where nothing can be created (read-only, or not ours). Tried for real, with a temporary file, so the answer is
     the file system's (root ignores permission bits; a read-only mount does not)."""
+    if not os.fspath(path):
+        raise InputError(f"{what} is empty: name the {'folder' if folder else 'file'} to write")
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if folder and os.path.exists(path) and not os.path.isdir(path):
         raise InputError(f"{what}={path} is a file, not a folder: choose another path")
     if not folder and os.path.isdir(path):
         raise InputError(f"{what}={path} is a folder, not a file: give a file name")
+    if not folder and (os.path.islink(path) or os.path.exists(path) and not os.path.isfile(path)):
+        raise InputError(f"{what}={path} is a {'symbolic link' if os.path.islink(path) else 'device or pipe'}, which "
+                         "an atomic write would replace by a file: give the path of a regular file")
     for part in path.split(os.sep):
         if len(part.encode()) > 255:
             raise InputError(f"{what}: the name {part[:40]}... is {len(part.encode())} bytes, more than the 255 a file "

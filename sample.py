@@ -167,6 +167,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     stats, a dict, receives new_tokens, seconds, tokens_per_s and, when speculating, proposed/accepted."""
     B, T = idx.shape
     block, V = model.config.block_size, model.config.vocab_size
+    if assistant_model is not None:  # the draft runs over every token too
+        block = min(block, assistant_model.config.block_size)
     for name, value, ok, rule in (
             ("max_new_tokens", max_new_tokens, max_new_tokens >= 0, ">= 0"),
             ("temperature", temperature, temperature >= 0, ">= 0 (0 is greedy)"),
@@ -347,6 +349,8 @@ def main(argv):
     global device
     configurator.print_settings(configurator.configure(globals(), argv), file=sys.stderr)
     import checkpoint
+    if not 0 <= seed < 2 ** 63:
+        raise InputError(f"seed={seed} must be in [0, 2**63)")
     torch.manual_seed(seed)
     device = configurator.check_device(device)
     if num_samples < 1:

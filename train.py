@@ -152,9 +152,9 @@ def resume_settings(s, sources):
             continue
         if k not in sources:
             s[k] = was
-        elif k in ARCH and k != "backend":
+        elif k in ARCH and k != "backend" or k in ("lora_rank", "lora_alpha", "lora_targets"):
             raise InputError(f"{sources[k]} asks for {k}={s[k]!r}, but {resume_from} was trained with {k}={was!r}: a "
-                             "resumed run keeps its architecture (start a new --out_dir to change it)")
+                             "resumed run keeps its architecture and adapters (start a new --out_dir to change them)")
         elif sources[k].endswith(".py"):
             raise InputError(f"{sources[k]} sets {k}={s[k]!r}, but {resume_from} was trained with {k}={was!r}: on "
                              "resume the checkpoint's settings hold; resume without the config file, or ask for the "
@@ -184,6 +184,11 @@ def check(s):
     if s["eval_interval"] and s["eval_windows"] < 1:
         raise InputError(f"eval_windows={s['eval_windows']} scores no val windows: give at least 1, or "
                          f"--eval_interval=0 for no evaluation")
+    if not 0 <= s["seed"] < 2 ** 63:
+        raise InputError(f"seed={s['seed']} must be in [0, 2**63)")
+    if s["backend"] == "triton" and not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise InputError("backend='triton' needs a CUDA GPU (or TRITON_INTERPRET=1, the slow interpreter): use "
+                         "--backend=auto, which takes the Triton kernels where they run")
     if s["resume_step"] and s["init_from"] != "resume":
         raise InputError("--resume_step picks the checkpoint of a resume: add --init_from=resume")
     configurator.check_device(s["device"])

@@ -91,7 +91,14 @@ def test_train_refuses_bad_input(world, tmp_path):
     syntax = tmp_path / "syntax.py"
     syntax.write_text("n_layer = (2\n")
     long_name = "x" * 300
+    (tmp_path / "binary.py").write_bytes(b"\xff\xfe\x00n_layer = 2\n")
+    os.symlink(tmp_path / "real.jsonl", tmp_path / "link.jsonl")
     cases = [
+        (common + ["--seed=99999999999999999999"], "seed=99999999999999999999 must be in [0, 2**63)"),
+        (common + ["--out_dir="], "out_dir is empty: name the folder to write"),
+        (common + ["--max_iters=None"], "sets max_iters=None (NoneType), but max_iters is a int"),
+        (common + [str(tmp_path / "binary.py")], "binary.py is not UTF-8 text"),
+        (common + [f"--log_file={tmp_path / 'link.jsonl'}"], "link.jsonl is a symbolic link, which an atomic write"),
         (common + ["--max_iters=-1"], "max_iters=-1 must be at least 0"),
         (common + ["--eval_windows=0", "--eval_interval=5"], "eval_windows=0 scores no val windows"),
         (common + ["--learning_rate=-0.1"], "learning_rate=-0.1 must be at least 0"),
@@ -208,6 +215,8 @@ def test_sample_refuses_bad_input(world, tmp_path):
         ([f"--init_from={run_dir}", "--device=tpu"], "device='tpu': use auto, cpu, cuda, cuda:N or mps"),
         ([f"--init_from={run_dir}", "--stop=(1, 2)"], "give a tuple of non-empty strings"),
         ([f"--init_from={run_dir}", "--stop=('',)"], "give a tuple of non-empty strings"),
+        ([f"--init_from={run_dir}", "--seed=-1"], "seed=-1 must be in [0, 2**63)"),
+        ([f"--init_from={run_dir}", "--temperature=None"], "temperature=None (NoneType), but temperature is a float"),
     ] + [([f"--init_from={run_dir}", "--device=cuda"], "has no CUDA GPU")] * (not torch.cuda.is_available())
     assert_refused("sample", cases, world["root"])
     # with a tokenizer: the generation controls (a SentencePiece model trained on the spot)
@@ -241,12 +250,15 @@ def test_eval_refuses_bad_input(world, tmp_path):
     (tmp_path / "tasks" / "sciq").mkdir()
     (tmp_path / "tasks" / "sciq" / "test.jsonl").write_bytes(b"\xff\xfe\n")
     (tmp_path / "nolabel.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    fifo = tmp_path / "results.pipe"  # a device or a pipe: never to be replaced by the results file
+    os.mkfifo(fifo)
     (tmp_path / "notjson.jsonl").write_text(json.dumps({"text": "x"}) + "\n{text: y}\n")
     m = [f"--init_from={world['hf']}"]
     cases = [
         (m + ["--tasks=piqa", "--num_fewshot=-1"], "num_fewshot=-1 must be at least 0"),
         (m + ["--tasks=piqa", "--limit=-1"], "limit=-1 must be at least 0"),
         (m + ["--tasks=piqa", f"--out_file={tmp_path}"], "is a folder, not a file"),
+        (m + ["--tasks=piqa", f"--out_file={fifo}"], "is a device or pipe, which an atomic write would replace"),
         (m + ["--tasks=piqa", f"--out_file={tmp_path / 'no' / 'r.json'}"], "does not exist: create it first"),
         (m + ["--tasks=nope"], "unknown task 'nope'"),
         ([f"--init_from={world['run']}", "--ppl=x"], "holds no tokenizer"),

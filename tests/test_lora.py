@@ -133,6 +133,11 @@ def test_lora_resume_is_exact(tmp_path, data, pretrained):
     run(init_from="resume", out_dir=str(tmp_path / "halves"), max_iters=6, log_file=str(tmp_path / "halves2.jsonl"))
     second = [json.loads(line) for line in open(tmp_path / "halves2.jsonl")]
     assert losses(straight)[3:] == losses(second)  # bit-identical, dropout's RNG included
+    for change in (dict(lora_rank=8), dict(lora_targets="out_proj"), dict(lora_alpha=2.0)):  # not silently dropped
+        with pytest.raises(ValueError, match="keeps its architecture and adapters"):
+            run(init_from="resume", out_dir=str(tmp_path / "halves"), max_iters=8, **change)
+    with pytest.raises(ValueError, match="lora_rank=1000 exceeds 16, the smallest side of the adapted matrices"):
+        run(**base(tmp_path, data, "too_wide", init_from=pretrained, lora_rank=1000))
 
 
 def test_lora_from_a_hugging_face_directory(tmp_path, data):

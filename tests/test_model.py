@@ -538,6 +538,21 @@ def test_configurator_error_is_one_line_without_traceback(tmp_path):
                       "configurator.main(lambda: [][1])\n")
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" in r.stderr and "IndexError" in r.stderr
+    # Ctrl-C: one line and the shell's status for SIGINT, not the traceback of wherever it landed
+    script.write_text(f"import sys; sys.path.insert(0, {ROOT!r})\nimport configurator\n"
+                      "def f():\n    raise KeyboardInterrupt\nconfigurator.main(f)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert r.returncode == 130 and r.stderr.strip() == "interrupted"
+
+
+def test_triton_backend_without_a_gpu_is_refused(monkeypatch):
+    import train
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    s = train.settings_for([], {})
+    with pytest.raises(ValueError, match="backend='triton' needs a CUDA GPU"):
+        train.check({**s, "backend": "triton"})
 
 
 # ----------------------------------------------------------------------------- an independent reference

@@ -350,3 +350,11 @@ def test_compiled_step_calls_the_batched_products_as_one_operator(monkeypatch):
     assert len(graphs) == 1
     assert graphs[0].count("nanoelm.gemv.default") == 4 * model.config.n_layer + 1  # qkv, out, gate_up, down; head
     assert not any("bmm" in op or "linear" in op for op in graphs[0])
+
+
+def test_a_draft_with_a_shorter_context_caps_the_tokens():
+    """The draft model runs over every token too: a draft whose context is shorter than the target's caps the new
+    tokens at its context (with a note, as the target's own context does), not an index error mid-way."""
+    model, draft = tiny_llama(0), tiny_llama(3, n_layer=1, block_size=24)
+    out = sample.generate(model, PROMPT, 60, greedy=True, assistant_model=draft, num_assistant_tokens=5)
+    assert out.shape[1] == 24 and torch.equal(out, sample.generate(model, PROMPT, 24 - PROMPT.shape[1], greedy=True))
