@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
+from torch.utils._pytree import tree_leaves
 
 import data
 import hf
@@ -206,11 +207,25 @@ def save(out_dir, step, model, optimizer, settings, data_dir=None, keep_last=3, 
     configurator.configure() returned."""
     rank, final = _rank(), step_dir(out_dir, step)
     tmp = os.path.join(out_dir, "." + os.path.basename(final) + ".tmp")
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINABLE)
+    # the bytes every rank will write, against the disk's free space: a full disk met half-way ends in a library's
+    # traceback and a torn folder; refused here, the run stops with its newest checkpoint whole
+    need = sum(t.to_local().nbytes if hasattr(t, "to_local") else t.nbytes
+               for t in tree_leaves((model_sd, optim_sd)) if isinstance(t, torch.Tensor))
+    if _distributed():
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, need)
+        need = sum(parts)
+    os.makedirs(out_dir, exist_ok=True)
+    free = shutil.disk_usage(out_dir).free
+    if need > free:
+        raise InputError(f"not enough space in {out_dir} for the checkpoint of step {step}: it needs "
+                         f"{need / 1e9:.2f} GB and {free / 1e9:.2f} GB are free; free some (or lower keep_last) and "
+                         f"resume from {latest(out_dir, quiet=True) or 'the start'}")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that crashed half-way
         os.makedirs(os.path.join(tmp, "rng"))
     _barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINABLE)
     _dcp(dcp.save, {"model": model_sd, "optim": optim_sd}, tmp)
     rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     rng_file = os.path.join("rng", f"rank_{rank:05d}.pt")
@@ -309,6 +324,10 @@ def load_model(path, device="cpu", dtype=None, tokenizer="", need_tokenizer=Fals
     instead of the checkpoint's own. Every script loads through here, so a tokenizer that does not fit the
     model is refused in one place."""
     model, tok = _load(str(path), device, dtype)
+    bad = next((k for k, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad:  # else sampling dies in multinomial and training blames its learning rate
+        raise InputError(f"{path}: the weight {bad} holds NaN or inf: these weights are damaged (or were saved after a "
+                         "divergence); load another checkpoint")
     if tokenizer:
         tok = data.load_tokenizer(tokenizer) if os.path.isfile(os.path.join(tokenizer, "meta.json")) else Tokenizer(tokenizer)
     if tok is None and need_tokenizer:

@@ -14,6 +14,7 @@ message is that one line: a notebook can catch it, and a script's `__main__` run
 `error: <message>` and exits with status 2. Everything else is a bug and keeps its traceback.
 """
 import ast
+import errno
 import os
 import re
 import sys
@@ -32,6 +33,13 @@ def main(fn, *args):
     except InputError as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as e:  # a full disk ends any script that writes; what was written before is whole (atomic writes)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: no space left on the device{f' writing {e.filename}' if e.filename else ''}: free some, or "
+                  "write elsewhere", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C: what was written is whole (atomic writes); no traceback of where it stopped
         if os.environ.get("RANK", "0") == "0":
@@ -84,7 +92,7 @@ def configure(scope, argv, sources=None):
     """Apply a config file and --key=value overrides to `scope` (a script's globals()). Returns the dict of
     settings in effect, for printing and for the checkpoint. `sources`, a dict, receives for every key that was
     set where it was set: the config file's path, or the --key=value argument."""
-    keys = _settings(scope)
+    keys, given = _settings(scope), {}
     for arg in argv:
         if not arg.startswith("--"):
             if not arg.endswith(".py"):
@@ -93,6 +101,9 @@ def configure(scope, argv, sources=None):
                 if k not in keys:
                     raise InputError(f"config file {arg} sets unknown key {k!r}: check the spelling against the "
                                      f"settings at the top of {scope.get('__file__', 'the script')}")
+                if k in given:  # later wins, so the file would quietly undo the setting given before it
+                    raise InputError(f"config file {arg} comes after {given[k]} and sets {k} again: put the config "
+                                     "file first, then the --key=value settings")
                 scope[k] = _typecheck(k, scope[k], v, arg)
                 if sources is not None:
                     sources[k] = arg
@@ -112,6 +123,7 @@ def configure(scope, argv, sources=None):
                 except (SyntaxError, ValueError):
                     pass  # not a Python literal: keep the string (and let the type check name it)
             scope[k] = _typecheck(k, scope[k], v, arg)
+            given[k] = arg
             if sources is not None:
                 sources[k] = arg
     return {k: scope[k] for k in sorted(keys)}

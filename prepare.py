@@ -531,11 +531,16 @@ def _settings(overrides):
                              ("overlong", ("error", "drop", "truncate"))):
             if s[key] not in allowed:
                 raise InputError(f"{key}={s[key]!r}: use one of {', '.join(allowed)}")
-        if s["seq_len"] < 2 or src == "stdlib":
-            raise InputError("chat data needs seq_len >= 2 and a --source of conversations (.json, .jsonl, "
-                             ".parquet, a folder of them, stdlib_functions or hf:<dataset>)")
+        if src == "stdlib":
+            raise InputError("--source=stdlib is plain text, not conversations: give .json, .jsonl or .parquet "
+                             "records (or a folder of them), stdlib_functions or hf:<dataset>, or drop --chat_format")
+        if s["seq_len"] < 2:
+            raise InputError(f"seq_len={s['seq_len']}: a chat row needs at least 2 tokens")
     elif src == "stdlib_functions":
         raise InputError("--source=stdlib_functions is an instruction set: add --chat_format=messages")
+    elif src.endswith(".json") and os.path.isfile(src):  # read as text it would train on the JSON's punctuation
+        raise InputError(f"--source={src} is a JSON file: for instruction or chat records add --chat_format=auto; "
+                         "for text, give .jsonl lines with a text field")
     if not src.startswith("hf:") and src != "stdlib_functions":
         source_files(src, ".json .jsonl .parquet" if chat else s["extensions"])  # a missing path fails here, early
     return s

@@ -164,7 +164,7 @@ def resume_settings(s, sources):
     return s, resume_from
 
 
-def check(s):
+def check(s, sources=None):
     """Every setting in its range, before any work: a value torch would refuse later, or one that would train
     nothing and exit 0 (max_iters < 0, an evaluation over no windows), stops here with one line."""
     for name, allowed in (("parallel", ("ddp", "fsdp")), ("dtype", configurator.DTYPES),
@@ -189,6 +189,13 @@ def check(s):
     if s["backend"] == "triton" and not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
         raise InputError("backend='triton' needs a CUDA GPU (or TRITON_INTERPRET=1, the slow interpreter): use "
                          "--backend=auto, which takes the Triton kernels where they run")
+    if s["lora_rank"] and s["lora_alpha"] <= 0:
+        raise InputError(f"lora_alpha={s['lora_alpha']} scales the adapters' update by {s['lora_alpha']} / rank: give "
+                         "a positive number (16 is usual)")
+    given = [k for k in ("lora_alpha", "lora_dropout", "lora_targets") if k in (sources or {})]
+    if given and not s["lora_rank"]:
+        raise InputError(f"{sources[given[0]]} sets a LoRA option but lora_rank=0 trains every weight: add "
+                         "--lora_rank=N (8 or 16 is usual) for adapters")
     if s["resume_step"] and s["init_from"] != "resume":
         raise InputError("--resume_step picks the checkpoint of a resume: add --init_from=resume")
     configurator.check_device(s["device"])
@@ -550,7 +557,7 @@ def main(argv):
         if master:
             checkpoint.clean(settings["out_dir"])
         settings, resume_from = resume_settings(settings, sources)
-        check(settings)
+        check(settings, sources)
         train(settings, resume_from)
 
 
@@ -616,6 +623,8 @@ def train(settings, resume_from):
     rank, world, local_rank, dev = init_distributed(s.device)
     distributed, master = "RANK" in os.environ, rank == 0
     fsdp = distributed and s.parallel == "fsdp"
+    if s.parallel == "fsdp" and not distributed:
+        print("note: parallel='fsdp' shards under torchrun; one process trains the whole model", file=sys.stderr)
     if s.global_batch_size % (s.batch_size * world):
         raise InputError(f"global_batch_size={s.global_batch_size} is not a multiple of batch_size * world size = "
                          f"{s.batch_size} * {world}: change --global_batch_size or --batch_size")
@@ -631,6 +640,13 @@ def train(settings, resume_from):
     if s.eval_interval and val_data is None and master:
         print(f"note: {s.data_dir} has no val split longer than block_size: no val loss")
     max_iters, schedule = schedule_of(s, len(train_data[0]) if chat else None)
+    for name, got, rule in (("max_iters", max_iters, "epochs"), ("lr_decay_iters", schedule["lr_decay_iters"], "epochs"),
+                            ("warmup_iters", schedule["warmup_iters"], "warmup_ratio")):
+        if got != settings[name] and master:
+            print(f"note: {rule}={settings[rule]} sets {name}={got} (not the {settings[name]} of the settings)")
+    if s.min_lr > s.learning_rate and master:  # a finetune's lower --learning_rate under a recipe's min_lr, say
+        print(f"note: min_lr={s.min_lr} is above learning_rate={s.learning_rate}: the schedule rises to min_lr; set "
+              "--min_lr to decay")
     resumes_at = checkpoint.read_info(resume_from)["step"] if resume_from else 0
     if resumes_at > max_iters:  # refused before anything is loaded
         raise InputError(f"the run resumes at step {resumes_at}, past max_iters={max_iters}: raise --max_iters (and "

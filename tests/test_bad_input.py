@@ -92,11 +92,15 @@ def test_train_refuses_bad_input(world, tmp_path):
     syntax.write_text("n_layer = (2\n")
     long_name = "x" * 300
     (tmp_path / "binary.py").write_bytes(b"\xff\xfe\x00n_layer = 2\n")
+    (tmp_path / "later.py").write_text("max_iters = 5\n")
     os.symlink(tmp_path / "real.jsonl", tmp_path / "link.jsonl")
     cases = [
         (common + ["--seed=99999999999999999999"], "seed=99999999999999999999 must be in [0, 2**63)"),
         (common + ["--out_dir="], "out_dir is empty: name the folder to write"),
         (common + ["--max_iters=None"], "sets max_iters=None (NoneType), but max_iters is a int"),
+        (common + ["--max_iters=2", str(tmp_path / "later.py")], "comes after --max_iters=2 and sets max_iters again"),
+        (common + ["--lora_targets=out_proj"], "sets a LoRA option but lora_rank=0 trains every weight"),
+        (common + [f"--init_from={w['run']}", "--lora_rank=2", "--lora_alpha=0.0"], "lora_alpha=0.0 scales"),
         (common + [str(tmp_path / "binary.py")], "binary.py is not UTF-8 text"),
         (common + [f"--log_file={tmp_path / 'link.jsonl'}"], "link.jsonl is a symbolic link, which an atomic write"),
         (common + ["--max_iters=-1"], "max_iters=-1 must be at least 0"),
@@ -204,7 +208,13 @@ def test_sample_refuses_bad_input(world, tmp_path):
     (tok_only / "tokenizer.model").write_bytes(b"x")
     (tmp_path / "m.gguf").write_bytes(b"GGUF" + bytes(32))
     (tmp_path / "empty_lines.txt").write_text("\n  \n\n")
+    shutil.copytree(world["hf"], tmp_path / "nan_hf")  # an export whose weights a divergence (or a bad copy) made NaN
+    from safetensors.torch import load_file, save_file
+    sd = load_file(tmp_path / "nan_hf" / "model.safetensors")
+    save_file({k: torch.full_like(v, float("nan")) for k, v in sd.items()}, tmp_path / "nan_hf" / "model.safetensors",
+              metadata={"format": "pt"})
     cases = [
+        ([f"--init_from={tmp_path / 'nan_hf'}", "--tokenizer=" + world["data"]], "holds NaN or inf: these weights are damaged"),
         ([f"--init_from={tmp_path / 'nowhere'}"], "not found"),
         ([f"--init_from={world['root'] / 'a.txt'}"], "a.txt' is a file, not a checkpoint folder"),
         ([f"--init_from={tok_only}"], "holds a tokenizer (tokenizer.model) but no model"),
@@ -297,6 +307,8 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
         ([f"--source={inputs / 'scan.pdf'}", f"--data_root={tmp_path}"], "skipped as unreadable or not UTF-8 "
                                                                           f"{inputs / 'scan.pdf'} (UnicodeDecodeError) and 0 more"),
         ([f"--source={inputs}", "--extensions=.docx .odt", f"--data_root={tmp_path}"], "holds no files ending in .docx .odt"),
+        ([f"--source={inputs / 'broken.json'}", f"--data_root={tmp_path}"], "broken.json is a JSON file: for instruction"),
+        (["--source=stdlib", "--chat_format=alpaca", f"--data_root={tmp_path}"], "is plain text, not conversations"),
         ([f"--source={world['root'] / 'a.txt'}", f"--data_root={world['root'] / 'a.txt'}"], "is a file"),
         ([f"--source={world['root'] / 'a.txt'}", "--name=" + "n" * 300, f"--data_root={tmp_path}"], "more than the 255"),
         ([f"--source={tmp_path / 'missing'}"], "not found"),

@@ -345,8 +345,8 @@ def test_messages_field_hf_source_and_bad_settings(tok, chats, tmp_path, monkeyp
     path, _ = chats
     for kw, message in [(dict(chat_format="sharegpt"), "chat_format='sharegpt': use one of auto, alpaca"),
                         (dict(packing="greedy"), "packing='greedy': use one of padded, packed"),
-                        (dict(overlong="cut"), "overlong='cut'"), (dict(seq_len=1), "seq_len >= 2"),
-                        (dict(source="stdlib"), "a --source of conversations")]:
+                        (dict(overlong="cut"), "overlong='cut'"), (dict(seq_len=1), "seq_len=1: a chat row needs at least 2 tokens"),
+                        (dict(source="stdlib"), "is plain text, not conversations")]:
         with pytest.raises(InputError, match=message):
             P.prepare_data(str(tmp_path / "x"), **{"source": path, "tokenizer": tok.name, "chat_format": "auto", **kw})
 

@@ -543,6 +543,13 @@ def test_configurator_error_is_one_line_without_traceback(tmp_path):
                       "def f():\n    raise KeyboardInterrupt\nconfigurator.main(f)\n")
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert r.returncode == 130 and r.stderr.strip() == "interrupted"
+    # a full disk, wherever it is met: one line naming the file (other OSErrors are bugs and keep their traceback)
+    script.write_text(f"import sys; sys.path.insert(0, {ROOT!r})\nimport configurator, errno\n"
+                      "def f():\n    raise OSError(errno.ENOSPC, 'No space left on device', '/d/x.bin')\n"
+                      "configurator.main(f)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == ("error: no space left on the device writing /d/x.bin: free some, "
+                                                      "or write elsewhere")
 
 
 def test_triton_backend_without_a_gpu_is_refused(monkeypatch):

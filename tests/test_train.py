@@ -420,3 +420,16 @@ def test_training_and_evaluation_let_the_logits_go():
     refs.clear(), alive.clear()
     train.evaluate(Model(), [batch, batch], contextlib.nullcontext(), False)
     assert alive == [False, False]
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_before_writing(tmp_path, data, monkeypatch):
+    """A disk too full for the next checkpoint: one line with the sizes and the step to resume from, and no torn
+    folder (a full disk met half-way ended in torch's `unexpected pos` traceback and a .tmp folder)."""
+    import shutil
+    run(**base(tmp_path, data, "full", max_iters=1))
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(InputError, match=r"not enough space in .*full for the checkpoint of step 2: it needs 0\.\d\d GB "
+                                         r"and 0\.00 GB are free; .* resume from .*step_0000001"):
+        run(**base(tmp_path, data, "full", max_iters=2, init_from="resume"))
+    assert sorted(os.listdir(tmp_path / "full")) == [".lock", "latest", "step_0000001"]
