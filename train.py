@@ -647,7 +647,13 @@ def train(settings, resume_from):
     if s.min_lr > s.learning_rate and master:  # a finetune's lower --learning_rate under a recipe's min_lr, say
         print(f"note: min_lr={s.min_lr} is above learning_rate={s.learning_rate}: the schedule rises to min_lr; set "
               "--min_lr to decay")
-    resumes_at = checkpoint.read_info(resume_from)["step"] if resume_from else 0
+    info = checkpoint.read_info(resume_from) if resume_from else {}
+    resumes_at = info.get("step", 0)
+    if (info and info["settings"].get("data_dir") == s.data_dir and os.path.isfile(os.path.join(resume_from, "meta.json"))
+            and data.read_meta(resume_from) != meta):  # the same folder with other contents: prepared again since
+        raise InputError(f"{s.data_dir} changed since {resume_from} was saved (its meta.json differs from the copy "
+                         "there): a resume continues on the data it was trained on; prepare that again, or start a "
+                         f"new run from the checkpoint (--init_from={resume_from} --out_dir=<new>)")
     if resumes_at > max_iters:  # refused before anything is loaded
         raise InputError(f"the run resumes at step {resumes_at}, past max_iters={max_iters}: raise --max_iters (and "
                          f"--lr_decay_iters with it) to train on")

@@ -433,3 +433,15 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_writing(tmp_path, data
                                          r"and 0\.00 GB are free; .* resume from .*step_0000001"):
         run(**base(tmp_path, data, "full", max_iters=2, init_from="resume"))
     assert sorted(os.listdir(tmp_path / "full")) == [".lock", "latest", "step_0000001"]
+
+
+def test_resume_refuses_data_prepared_again_under_the_same_name(tmp_path):
+    """A resume continues on the data it was trained on: the data folder rebuilt with other contents since the
+    checkpoint (its meta.json no longer the copy the checkpoint keeps) is refused, not trained on silently."""
+    d = make_data(str(tmp_path / "data"), seed=0)
+    run(**base(tmp_path, d, "r", max_iters=1))
+    make_data(str(tmp_path / "data"), n_tokens=9000, seed=1)  # prepared again, other documents
+    with pytest.raises(InputError, match=r"data changed since .*step_0000001 was saved \(its meta.json differs"):
+        run(**base(tmp_path, d, "r", max_iters=2, init_from="resume"))
+    make_data(str(tmp_path / "data"), seed=0)  # the same data again: the resume goes on
+    assert run(**base(tmp_path, d, "r", max_iters=2, init_from="resume", log_file=str(tmp_path / "r2.jsonl")))
