@@ -317,6 +317,34 @@ def load_weights(path, model):
     set_model_state_dict(model, sd, options=StateDictOptions(strict=False))
 
 
+def fingerprint(path):
+    """A short id of the model in a folder (ours, Hugging Face's or Meta's), to tell later whether it is still
+    that model: a hash of its weight files' names, sizes and first and last 64 KB (the header and the last
+    tensor's numbers; hashing every byte of a 13B model would cost a minute per load)."""
+    ck, h = resolve(path) or path, hashlib.sha256()
+    for f in sorted(os.listdir(ck)):
+        if f.endswith((".safetensors", ".bin", ".pth", ".pt", ".distcp")):
+            size = os.path.getsize(os.path.join(ck, f))
+            with open(os.path.join(ck, f), "rb") as fh:
+                h.update(f"{f}:{size}:".encode() + fh.read(1 << 16))
+                fh.seek(max(0, size - (1 << 16)))
+                h.update(fh.read(1 << 16))
+    return h.hexdigest()[:16]
+
+
+def lora_base(info, ck):
+    """The base model a LoRA checkpoint's adapters were trained on (train.json "lora_base"), refused in one line when
+    it is gone or is no longer that model: adapters on another base make another model."""
+    base = info["lora_base"]
+    if not os.path.isdir(base):
+        raise InputError(f"{ck} holds LoRA adapters for the base model {base}, which is not there: put the base "
+                         f"back at that path (or set lora_base in {ck}/train.json)")
+    if info.get("lora_base_id", fingerprint(base)) != fingerprint(base):  # runs older than the id have none
+        raise InputError(f"{ck} holds LoRA adapters trained on {base}, but the model there has changed since (its "
+                         "weight files differ): put that model back")
+    return base
+
+
 def load_model(path, device="cpu", dtype=None, tokenizer="", need_tokenizer=False):
     """(model in eval mode, tokenizer or None) from, in one process: one of our run directories (its
     latest checkpoint), one of our checkpoint folders, a Hugging Face directory or a Meta consolidated
@@ -361,10 +389,7 @@ def _load(path, device, dtype):
     info = read_info(ck)
     if info.get("lora"):  # adapters only: load the base they were trained on, add them, merge them in
         import lora
-        base = info["lora_base"]
-        if not os.path.isdir(base):
-            raise InputError(f"{ck} holds LoRA adapters for the base model {base}, which is not there: put the base "
-                             f"back at that path (or set lora_base in {ck}/train.json)")
+        base = lora_base(info, ck)
         # merged in float32, then cast: the base at full precision, and the adapters as they were trained
         model, tokenizer = _load(base, device, torch.float32)
         lora.add(model, **info["lora"])

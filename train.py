@@ -345,7 +345,8 @@ def build_model(s, resume_from, fsdp):
     checkpoints hold only adapters, so its resume starts again from the base it names. FSDP never builds the full
     model on a rank when it can be avoided: on_meta builds it on the meta device, to be sharded, then filled."""
     resume_info = checkpoint.read_info(resume_from) if resume_from else {}
-    base = resume_info.get("lora_base") or (s["init_from"] if s["init_from"] not in ("scratch", "resume") else None)
+    base = (checkpoint.lora_base(resume_info, resume_from) if resume_info.get("lora") else
+            s["init_from"] if s["init_from"] not in ("scratch", "resume") else None)
     base_ours = checkpoint.resolve(base) if base is not None else None
     if base_ours and checkpoint.read_info(base_ours).get("lora"):  # adapters only: load_model merges them into theirs
         base_ours = None
@@ -614,7 +615,8 @@ def start_model(settings, resume_from, meta, block_size, chat, fsdp, dev, rank, 
         import lora
         lora.init(model, s.seed)
         torch.manual_seed(s.seed + rank)  # adapter dropout: a mask stream per rank (rank 0's is one process's)
-    extra = {"lora": lora_config, "lora_base": os.path.abspath(checkpoint.resolve(base) or base)} if s.lora_rank else {}
+    extra = {"lora": lora_config, "lora_base": os.path.abspath(checkpoint.resolve(base) or base),
+             "lora_base_id": checkpoint.fingerprint(base)} if s.lora_rank else {}
     return model, optimizer, step, val_loss, extra
 
 

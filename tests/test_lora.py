@@ -2,6 +2,7 @@
 # merge equals base + adapters, a LoRA run resumes exactly and DDP/FSDP2 under torchrun match one process.
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -204,3 +205,19 @@ def test_weight_diff_refuses_adapters(tmp_path, data, pretrained):
     run(**s)
     with pytest.raises(InputError, match="holds LoRA adapters, not a model: export it merged"):
         weight_diff.make(pretrained, s["out_dir"], str(tmp_path / "diff"))
+
+
+def test_adapters_refuse_a_base_that_changed(tmp_path, data):
+    """A LoRA run keeps the path of its base and an id of its weight files: with another model trained into that
+    path since, loading the run (sample, eval, export) and resuming it are refused, not merged onto the wrong base."""
+    import checkpoint
+    s = base(tmp_path, data, "base", max_iters=2, **TINY_ELM)
+    run(**s)
+    run(**base(tmp_path, data, "lr", max_iters=2, init_from=s["out_dir"], lora_rank=2))
+    checkpoint.load_model(str(tmp_path / "lr"))  # the base as it was: fine
+    shutil.rmtree(s["out_dir"])
+    run(**{**s, "seed": 7})  # another model at the same path, the same step folders
+    with pytest.raises(ValueError, match=r"holds LoRA adapters trained on .*base.*, but the model there has changed"):
+        checkpoint.load_model(str(tmp_path / "lr"))
+    with pytest.raises(ValueError, match="but the model there has changed since"):
+        run(init_from="resume", out_dir=str(tmp_path / "lr"), max_iters=4, log_file=str(tmp_path / "lr2.jsonl"))
