@@ -220,6 +220,19 @@ def read_jsonl(path):
                 raise InputError(f"{path} line {n} is not JSON ({e.msg}): one object per line")
 
 
+def _bad_choices(context, choices, gold):
+    """What is wrong with a task function's (context, choices, gold), or None: an answer that is none of the
+    options would score 0 without a word, an empty option divides by its length in acc_norm."""
+    options = context if isinstance(context, list) else choices  # winogrande: one context per option
+    if not all(isinstance(x, str) for x in (context if isinstance(context, list) else [context]) + list(choices)):
+        return "a question or option that is not text"
+    if not all(choices):
+        return "an empty option"
+    if not (isinstance(gold, int) and 0 <= gold < len(options)):
+        return f"the answer {gold!r} is not one of its {len(options)} options"
+    return None
+
+
 def read_docs(data_dir, name, split):
     path = os.path.join(data_dir, name, f"{split}.jsonl")
     if not os.path.isfile(path):
@@ -229,11 +242,13 @@ def read_docs(data_dir, name, split):
     docs = []
     for n, doc in read_jsonl(path):
         try:  # the fields the task's prompt reads, checked now rather than deep inside the scoring
-            TASKS[name].fn(doc)
+            problem = _bad_choices(*TASKS[name].fn(doc))
             doc["subject"] if name == "mmlu" else None
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-            raise InputError(f"{path} line {n} is no {name} document ({type(e).__name__}: {e}): it needs the public "
-                             f"dataset's fields (see the task's function in eval.py)")
+            problem = f"{type(e).__name__}: {e}"
+        if problem:
+            raise InputError(f"{path} line {n} is no {name} document ({problem}): it needs the public dataset's "
+                             f"fields and values (see the task's function in eval.py)")
         docs.append(doc)
     if not docs:
         raise InputError(f"{path} holds no documents: write one JSON document per line")

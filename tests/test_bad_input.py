@@ -260,6 +260,10 @@ def test_eval_refuses_bad_input(world, tmp_path):
     (tmp_path / "tasks" / "sciq").mkdir()
     (tmp_path / "tasks" / "sciq" / "test.jsonl").write_bytes(b"\xff\xfe\n")
     (tmp_path / "nolabel.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    for case, doc in (("label2", {"label": 2}), ("int", {"sol1": 123}), ("empty", {"sol2": ""})):
+        (tmp_path / case / "piqa").mkdir(parents=True)
+        (tmp_path / case / "piqa" / "validation.jsonl").write_text(json.dumps({"goal": "g", "sol1": "a", "sol2": "b",
+                                                                               "label": 0, **doc}) + "\n")
     fifo = tmp_path / "results.pipe"  # a device or a pipe: never to be replaced by the results file
     os.mkfifo(fifo)
     (tmp_path / "notjson.jsonl").write_text(json.dumps({"text": "x"}) + "\n{text: y}\n")
@@ -289,6 +293,10 @@ def test_eval_refuses_bad_input(world, tmp_path):
     model = checkpoint.load_model(world["run"])[0]
     with pytest.raises(ValueError, match=r"nolabel.jsonl line 1 has no 'text' string"):
         ev.text_perplexity(model, None, str(tmp_path / "nolabel.jsonl"), 32)
+    for case, words in (("label2", "the answer 2 is not one of its 2 options"), ("empty", "an empty option"),
+                        ("int", "a question or option that is not text")):  # scored 0, a ZeroDivisionError, a TypeError
+        with pytest.raises(ValueError, match=rf"validation.jsonl line 1 is no piqa document \({words}\)"):
+            ev.read_docs(str(tmp_path / case), "piqa", "validation")
     with pytest.raises(ValueError, match=r"notjson.jsonl line 2 is not JSON"):
         ev.text_perplexity(model, None, str(tmp_path / "notjson.jsonl"), 32)
     with pytest.raises(ValueError, match="holds no text to score"):
