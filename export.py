@@ -8,6 +8,7 @@ The formats themselves are hf.py's (save_model writes LlamaForCausalLM or the Hu
 loads through checkpoint.load_model, so a run, a step folder, a LoRA run (merged), a Hugging Face or a Meta
 directory all work.
 """
+import os
 import sys
 
 import configurator
@@ -44,8 +45,9 @@ def main(argv):
         raise InputError(f"max_shard_gb={max_shard_gb} must be above 0")
     if out:
         check_output(out, "out", folder=True)  # before the (long) load
-        if checkpoint.is_checkpoint(out) or checkpoint.step_folders(out):
-            raise InputError(f"out={out} holds our checkpoints: export to a folder of its own (--out=hf/<name>)")
+        if checkpoint.is_checkpoint(out) or checkpoint.step_folders(out) or os.path.isfile(os.path.join(out, "meta.json")):
+            raise InputError(f"out={out} holds our checkpoints or prepared data: export to a folder of its own "
+                             "(--out=hf/<name>)")
     model, tok = checkpoint.load_model(init_from, tokenizer=tokenizer)
     if out:
         with sole_writer(out, "out", keep_lock=False):

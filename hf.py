@@ -300,6 +300,8 @@ def load_model(path, device="cpu", dtype=None):
     """A Transformer from a Hugging Face or Meta directory, in the stored dtype unless dtype is given.
     Built on the meta device and filled tensor by tensor, so a 7B model never exists twice in memory."""
     path = os.path.expanduser(str(path))
+    if os.path.isfile(os.path.join(path, "config.json")):
+        _read_json(os.path.join(path, "config.json"))  # a damaged one is named as such, not as "no model_type"
     if not is_hf_dir(path):
         raise InputError(f"{path} is not a Hugging Face directory (config.json with a model_type) nor a Meta one "
                          "(params.json + consolidated.*.pth)")

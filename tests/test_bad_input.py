@@ -198,6 +198,10 @@ def test_damaged_files_are_named(world, tmp_path):
     assert checkpoint.latest(str(r), quiet=True) == str(r / "step_0000001")
     with pytest.raises(ValueError, match=r"step_0000002 lacks meta.json \(missing\); the newest intact checkpoint is"):
         checkpoint.load_model(str(r / "step_0000002"))
+    shutil.copytree(world["hf"], tmp_path / "hf_bad")
+    (tmp_path / "hf_bad" / "config.json").write_text('{"model_type": "llama",')  # cut short: named as damaged
+    with pytest.raises(ValueError, match=r"hf_bad/config.json is damaged \(JSONDecodeError"):
+        checkpoint.load_model(str(tmp_path / "hf_bad"))
     hf.save_model(model, tmp_path / "step_0000009")  # a Hugging Face folder that happens to be named like a step
     assert checkpoint.load_model(str(tmp_path / "step_0000009"))[0].config.layer_dims() == model.config.layer_dims()
 
@@ -339,6 +343,7 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
         ([f"--init_from={world['run']}", f"--out={tmp_path / 'e'}", "--dtype=bf16"], "dtype='bf16': use float32 or"),
         ([f"--init_from={world['run']}", f"--out={tmp_path / 'e'}", "--max_shard_gb=0.0"], "max_shard_gb=0.0 must be"),
         ([f"--init_from={world['run']}", f"--out={world['run']}"], "holds our checkpoints"),
+        ([f"--init_from={world['run']}", f"--out={world['data']}"], "holds our checkpoints or prepared data"),
     ]
     assert_refused("export", cases, world["root"])
     cases = [
