@@ -576,12 +576,31 @@ def schedule_of(s, chat_rows):
                            warmup_init_lr=s.warmup_init_lr, lr_decay_iters=lr_decay_iters, lr_schedule=s.lr_schedule)
 
 
+def shape_of(config):
+    """(a description, the weights' shapes) of a ModelConfig or of architecture settings; None for settings that
+    describe no model. Two spellings of one model (a multiplier pair and its per-layer list) compare equal."""
+    try:
+        c = config if isinstance(config, ModelConfig) else ModelConfig(**config)
+    except (ValueError, TypeError):
+        return None
+    dims = c.layer_dims()
+    heads, ffn = ([d[i] for d in dims] if len({d[i] for d in dims}) > 1 else dims[0][i] for i in (0, 2))
+    return (f"{c.n_layer} layers x {c.n_embd} (vocab {c.vocab_size}, query heads {heads}, FFN {ffn})",
+            (c.vocab_size, c.n_embd, c.dim_head, tuple(dims), c.qk_norm, c.tie_embeddings))
+
+
 def start_model(settings, resume_from, meta, block_size, chat, fsdp, dev, rank, world, ptdtype):
     """(model on dev with LoRA, compile and FSDP applied, its optimizer, the step and val loss it starts from, what
     its checkpoints record besides). The architecture actually trained goes into settings, which are printed."""
     s, master, device_type = SimpleNamespace(**settings), rank == 0, dev.split(":")[0]
     model, base, base_ours = build_model(settings, resume_from, fsdp)
     config = model.config
+    asked = shape_of({k: settings[k] for k in ARCH})
+    if base is not None and resume_from is None and asked not in (shape_of({k: globals()[k] for k in ARCH}),
+                                                                  shape_of(config)):
+        raise InputError(f"the settings describe {asked[0]} but init_from={s.init_from} holds {shape_of(config)[0]}: "
+                         "the architecture comes from the model; drop the architecture settings (or the config "
+                         "file that sets them)")
     settings.update(dataclasses.asdict(config))  # the architecture actually trained is what is printed and saved
     if not fits(meta["vocab_size"], config.vocab_size):  # e.g. configs/elm_270m.py on the demo's 8192-piece data
         fix = (f"set --vocab_size={meta['vocab_size']}, or prepare data with the tokenizer of the model's vocabulary "
@@ -642,8 +661,8 @@ def train(settings, resume_from):
     if s.eval_interval and val_data is None and master:
         print(f"note: {s.data_dir} has no val split longer than block_size: no val loss")
     max_iters, schedule = schedule_of(s, len(train_data[0]) if chat else None)
-    for name, got, rule in (("max_iters", max_iters, "epochs"), ("lr_decay_iters", schedule["lr_decay_iters"], "epochs"),
-                            ("warmup_iters", schedule["warmup_iters"], "warmup_ratio")):
+    for name, got, rule in (("max_iters", max_iters, "epochs"), ("warmup_iters", schedule["warmup_iters"], "warmup_ratio"),
+                            ("lr_decay_iters", schedule["lr_decay_iters"], "epochs")):
         if got != settings[name] and master:
             print(f"note: {rule}={settings[rule]} sets {name}={got} (not the {settings[name]} of the settings)")
     if s.min_lr > s.learning_rate and master:  # a finetune's lower --learning_rate under a recipe's min_lr, say
@@ -651,7 +670,8 @@ def train(settings, resume_from):
               "--min_lr to decay")
     info = checkpoint.read_info(resume_from) if resume_from else {}
     resumes_at = info.get("step", 0)
-    if (info and info["settings"].get("data_dir") == s.data_dir and os.path.isfile(os.path.join(resume_from, "meta.json"))
+    saved_meta = os.path.join(resume_from, "meta.json") if resume_from else ""
+    if (info and info["settings"].get("data_dir") == s.data_dir and os.path.isfile(saved_meta)
             and data.read_meta(resume_from) != meta):  # the same folder with other contents: prepared again since
         raise InputError(f"{s.data_dir} changed since {resume_from} was saved (its meta.json differs from the copy "
                          "there): a resume continues on the data it was trained on; prepare that again, or start a "

@@ -71,6 +71,8 @@ def base(tmp_path, data, name, **kw):
              max_iters=4, learning_rate=3e-3, min_lr=3e-4, warmup_iters=2, warmup_init_lr=1e-5, lr_decay_iters=8,
              log_interval=1, eval_interval=0, save_interval=0, log_file=str(tmp_path / f"{name}.jsonl"), **TINY)
     s.update(kw)
+    if s.get("init_from", "scratch") not in ("scratch", "resume"):  # the architecture is the model's: TINY's is not asked
+        s = {k: v for k, v in s.items() if k not in TINY or k in kw or k == "block_size"}
     return s
 
 

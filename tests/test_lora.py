@@ -144,7 +144,7 @@ def test_lora_resume_is_exact(tmp_path, data, pretrained):
 def test_lora_from_a_hugging_face_directory(tmp_path, data):
     import hf
     hf.save_model(tiny(**TINY), str(tmp_path / "hf"))
-    s = base(tmp_path, data, "hf_lora", init_from=str(tmp_path / "hf"), lora_rank=2, max_iters=2, **TINY)
+    s = base(tmp_path, data, "hf_lora", init_from=str(tmp_path / "hf"), lora_rank=2, max_iters=2)
     log = run(**s)
     assert len(losses(log)) == 2
     merged, _ = checkpoint.load_model(s["out_dir"])

@@ -204,11 +204,15 @@ def test_checkpoint_is_self_contained_with_tokenizer(tmp_path):
 def test_finetune_from_our_checkpoint(tmp_path, data):
     s = base(tmp_path, data, "pre", max_iters=6)
     run(**s)
-    ft = run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=7))  # n_layer ignored
+    with pytest.raises(InputError, match=r"the settings describe 7 layers x 768 \(vocab 32000, query heads 12, FFN "
+                                         r"3072\) but init_from=.*pre holds 2 layers x 32 \(vocab 64, query heads 4, FFN "
+                                         r"64\): the architecture comes from the model"):
+        run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=7))
+    ft = run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1))  # the model's architecture holds
     model, _ = checkpoint.load_model(str(tmp_path / "ft"))
     info = checkpoint.read_info(checkpoint.latest(str(tmp_path / "ft")))
     assert len(model.layers) == TINY["n_layer"] and info["step"] == 1
-    assert info["settings"]["n_layer"] == TINY["n_layer"]  # the architecture trained, not the ignored setting
+    assert info["settings"]["n_layer"] == TINY["n_layer"]  # the architecture trained, not the settings' defaults
     assert ft[0]["loss"] < run(**base(tmp_path, data, "fresh", max_iters=1))[0]["loss"]  # starts from trained weights
 
 
@@ -277,7 +281,7 @@ def test_hugging_face_directory_loads_and_finetunes(tmp_path, data):
 
 
 def test_resume_of_a_finetune_keeps_the_imported_architecture(tmp_path, data):
-    # the settings name TINY's shape, the imported model is TINY_ELM's: a resume must rebuild the latter
+    # the settings' defaults are LLaMA-shaped, the imported model is TINY_ELM's: a resume must rebuild the latter
     import hf
     from model import ModelConfig, Transformer
     hf.save_model(Transformer(ModelConfig(**TINY_ELM)), str(tmp_path / "hf_elm"))
@@ -308,7 +312,7 @@ def test_chat_rows_visit_every_row_once_per_epoch_and_mask_targets():
     assert (y[:, :2] == -1).all() and (y[:, 4:] == -1).all()
 
 
-def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path):
+def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path, capsys):
     import train
     # Open-Instruct's: linear from learning_rate to min_lr after the warmup
     lr = lambda it: train.lr_at(it, 1e-2, 0.0, 5, 0.0, 105, "linear")  # noqa: E731
@@ -327,6 +331,9 @@ def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path):
     assert [r["step"] for r in log] == list(range(1, 9))  # ceil(3 * 10 / 4) = 8 steps
     lrs = [r["lr"] for r in log]  # warmup ceil(0.2 * 8) = 2 steps from warmup_init_lr, then linear to 0 at step 8
     assert math.isclose(lrs[2], 3e-3) and math.isclose(lrs[5], 3e-3 * 3 / 6) and lrs[1] < lrs[2]
+    out = capsys.readouterr().out  # the step counts given (base's 4, 2 and 8) are replaced, and the run says so
+    assert ("note: epochs=3.0 sets max_iters=8 (not the 4 of the settings)" in out and
+            "note: warmup_ratio=0.2 sets warmup_iters=2" not in out)  # 2 either way: no note
     with pytest.raises(InputError, match="--epochs needs chat"):  # a token stream has no epochs to count
         train.schedule_of(train.SimpleNamespace(**{**train.settings_for([], {}), "epochs": 1.0}), None)
 
