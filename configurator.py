@@ -15,6 +15,7 @@ message is that one line: a notebook can catch it, and a script's `__main__` run
 """
 import ast
 import errno
+import math
 import os
 import re
 import sys
@@ -59,6 +60,13 @@ def _typecheck(key, old, new, where):
         return type(old)(new)
     raise InputError(f"{where} sets {key}={new!r} ({type(new).__name__}), but {key} is a {type(old).__name__} "
                      f"(default {old!r}): give a {type(old).__name__}")
+
+
+def _is_nonfinite(text):  # "nan", "inf", "-Infinity": what float() reads and literal_eval does not
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _settings(scope):
@@ -122,6 +130,8 @@ def configure(scope, argv, sources=None):
                     v = ast.literal_eval(v)
                 except (SyntaxError, ValueError):
                     pass  # not a Python literal: keep the string (and let the type check name it)
+                if isinstance(v, float) and not math.isfinite(v) or isinstance(v, str) and _is_nonfinite(v):
+                    raise InputError(f"{arg}: {k} must be a finite number")
             scope[k] = _typecheck(k, scope[k], v, arg)
             given[k] = arg
             if sources is not None:

@@ -702,8 +702,10 @@ def _prepare_chat(out_dir, s, tok):
                 count[split]["truncated"] += 1
             kept[split].append((np.array(ids, dt), np.array(mask, np.uint8)))  # ~3 bytes a token, not ~40
     if not any(kept.values()):
-        raise InputError(f"no conversations left in {src} ({sum(c['dropped'] for c in count.values())} dropped as "
-                         f"longer than seq_len={T}): raise --seq_len or use --overlong=truncate")
+        dropped = sum(c["dropped"] for c in count.values())
+        raise InputError(f"no conversations left in {src} ({dropped} dropped as longer than seq_len={T}"
+                         + (", cut before their first reply" if s["overlong"] == "truncate" else "") + "): raise --seq_len"
+                         + ("" if s["overlong"] == "truncate" else " or use --overlong=truncate"))
 
     splits = {}
     for k in _SPLITS:

@@ -391,11 +391,16 @@ def main(argv):
     if not prompts:
         raise InputError(f"--each_line=True found no prompt lines in {start[5:] if start.startswith('FILE:') else '--start'}: "
                          f"give one prompt per line")
+    for i, prompt in enumerate(prompts if each_line else []):  # named here, not as the batch's longest by generate
+        if len(tok.encode(prompt, bos=True)) >= model.config.block_size:
+            raise InputError(f"prompt line {i + 1} (blank lines not counted) has {len(tok.encode(prompt, bos=True))} "
+                             f"tokens but the model's context is {model.config.block_size}: shorten it")
     if chat:  # a conversation: the reply streams, then the next user turn (only when a person is typing)
         # encode_chat tokenized the finetuning data too: prompts match it token for token
         messages, message = [], text.strip() or (None if sys.stdin.isatty() else "")
         if message == "":
-            raise InputError("chat mode without a terminal needs the message: --start='...' or --start=FILE:path")
+            raise InputError(f"the prompt file {start[5:]} holds no message" if start.startswith("FILE:") else
+                             "chat mode without a terminal needs the message: --start='...' or --start=FILE:path")
         while True:
             while message is None or not message.strip():
                 try:

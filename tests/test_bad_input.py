@@ -239,6 +239,7 @@ def test_sample_refuses_bad_input(world, tmp_path):
                                    model_prefix=str(tmp_path / "sp"), minloglevel=2, hard_vocab_limit=False)
     m = Transformer(ModelConfig(vocab_size=64, block_size=32, n_layer=1, n_embd=32, n_head=2, ffn_dim=32))
     hf.save_model(m, tmp_path / "hf", tokenizer=tmp_path / "sp.model")
+    (tmp_path / "lines.txt").write_text("a short one\n\n" + "word " * 40 + "\n")
     g = [f"--init_from={tmp_path / 'hf'}", "--device=cpu"]
     cases = [
         (g + ["--max_new_tokens=-5"], "max_new_tokens=-5 must be >= 0"),
@@ -252,6 +253,10 @@ def test_sample_refuses_bad_input(world, tmp_path):
         (g + [f"--start=FILE:{world['root'] / 'notutf8.txt'}"], "is not UTF-8 text"),
         (g + [f"--start=FILE:{tmp_path / 'missing.txt'}"], "cannot read the prompt file"),
         (g + ["--start=" + "word " * 40], "the prompt has"),
+        (g + [f"--start=FILE:{tmp_path / 'lines.txt'}", "--each_line=True"], "prompt line 2 (blank lines not counted) has"),
+        (g + [f"--start=FILE:{tmp_path / 'empty_lines.txt'}", "--chat=True"], "empty_lines.txt holds no message"),
+        (g + ["--temperature=nan"], "--temperature=nan: temperature must be a finite number"),
+        (g + ["--top_p=1e999"], "--top_p=1e999: top_p must be a finite number"),
     ]
     assert_refused("sample", cases, world["root"], tmp_path / "hf")
 

@@ -311,6 +311,10 @@ def test_overlong_conversations_error_drop_or_truncate(tok, chats, tmp_path):
     tokens, mask = data_lib.open_rows(tmp_path / "t", "train")
     assert tokens[3].tolist() == ids[:T] and mask[3].tolist() == m[:T] and mask[3, -1] == 1
     assert info["tokens"] == sum(map(len, short)) + T and len(tok.encode("Why? " * 100)) > T
+    only_q = _write(tmp_path / "q.jsonl", [question])  # truncate leaves nothing: the message does not suggest truncate
+    with pytest.raises(InputError, match=rf"no conversations left in .*q.jsonl \(1 dropped as longer than seq_len={T}, "
+                                         rf"cut before their first reply\): raise --seq_len$"):
+        _prepare(tmp_path / "q", only_q, tok, overlong="truncate", **kw)
 
 
 @pytest.mark.parametrize("records, ext, fmt, message", [
