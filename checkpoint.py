@@ -208,20 +208,23 @@ def save(out_dir, step, model, optimizer, settings, data_dir=None, keep_last=3, 
     rank, final = _rank(), step_dir(out_dir, step)
     tmp = os.path.join(out_dir, "." + os.path.basename(final) + ".tmp")
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINABLE)
-    # the bytes every rank will write, against the disk's free space: a full disk met half-way ends in a library's
-    # traceback and a torn folder; refused here, the run stops with its newest checkpoint whole
-    need = sum(t.to_local().nbytes if hasattr(t, "to_local") else t.nbytes
-               for t in tree_leaves((model_sd, optim_sd)) if isinstance(t, torch.Tensor))
+    # the bytes the save will write against the disk's free space: a full disk met half-way ends in a library's
+    # traceback and a torn folder; refused here, the run stops with its newest checkpoint whole. FSDP shards are
+    # summed over the ranks; a replicated tensor (DDP) is written once, so rank 0 counts it; rank 0's disk decides
+    # for every rank, so all raise together
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = [t for t in tree_leaves((model_sd, optim_sd)) if isinstance(t, torch.Tensor)]
+    need = sum(t.to_local().nbytes for t in tensors if hasattr(t, "to_local"))
+    need += sum(t.nbytes for t in tensors if not hasattr(t, "to_local")) if rank == 0 else 0
+    free = shutil.disk_usage(out_dir).free
     if _distributed():
         parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, need)
-        need = sum(parts)
-    os.makedirs(out_dir, exist_ok=True)
-    free = shutil.disk_usage(out_dir).free
+        dist.all_gather_object(parts, (need, free))
+        need, free = sum(p[0] for p in parts), parts[0][1]
     if need > free:
         raise InputError(f"not enough space in {out_dir} for the checkpoint of step {step}: it needs "
-                         f"{need / 1e9:.2f} GB and {free / 1e9:.2f} GB are free; free some (or lower keep_last) and "
-                         f"resume from {latest(out_dir, quiet=True) or 'the start'}")
+                         f"{need / 1e9:.2f} GB and {free / 1e9:.2f} GB are free; free some (older step folders can go) "
+                         f"and resume from {latest(out_dir, quiet=True) or 'the start'}")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that crashed half-way
         os.makedirs(os.path.join(tmp, "rng"))
@@ -339,10 +342,17 @@ def lora_base(info, ck):
     if not os.path.isdir(base):
         raise InputError(f"{ck} holds LoRA adapters for the base model {base}, which is not there: put the base "
                          f"back at that path (or set lora_base in {ck}/train.json)")
-    if info.get("lora_base_id", fingerprint(base)) != fingerprint(base):  # runs older than the id have none
+    if info.get("lora_base_id") not in (None, fingerprint(base)):  # runs older than the id have none
         raise InputError(f"{ck} holds LoRA adapters trained on {base}, but the model there has changed since (its "
                          "weight files differ): put that model back")
     return base
+
+
+def config_of(path):
+    """The ModelConfig of the model a path holds (ours, a LoRA run's, Hugging Face's or Meta's), from its train.json,
+    config.json or params.json alone: no weights are read."""
+    ck = resolve(path)
+    return model_config(read_info(ck)) if ck else hf.load_config(path)
 
 
 def load_model(path, device="cpu", dtype=None, tokenizer="", need_tokenizer=False):

@@ -52,7 +52,7 @@ def read_json(path, fix, missing=None):
         raise InputError(f"{path} is damaged ({type(e).__name__}: {e}): {fix}")
 
 
-def check_output(path, what, folder=False):
+def check_output(path, what, folder=False, atomic=True):
     """Refuse, before any work, an output path that cannot be written (`what` names its setting): a folder where a
     file goes or the reverse, a name longer than the file system allows, a missing folder for a file, or a place
     where nothing can be created (read-only, or not ours). Tried for real, with a temporary file, so the answer is
@@ -64,7 +64,7 @@ def check_output(path, what, folder=False):
         raise InputError(f"{what}={path} is a file, not a folder: choose another path")
     if not folder and os.path.isdir(path):
         raise InputError(f"{what}={path} is a folder, not a file: give a file name")
-    if not folder and (os.path.islink(path) or os.path.exists(path) and not os.path.isfile(path)):
+    if atomic and not folder and (os.path.islink(path) or os.path.exists(path) and not os.path.isfile(path)):
         raise InputError(f"{what}={path} is a {'symbolic link' if os.path.islink(path) else 'device or pipe'}, which "
                          "an atomic write would replace by a file: give the path of a regular file")
     for part in path.split(os.sep):

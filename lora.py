@@ -55,11 +55,11 @@ def add(model, rank, alpha, dropout=0.0, targets=",".join(TARGETS)):
     names = target_names(targets)
     if rank < 1:
         raise InputError(f"LoRA needs lora_rank >= 1 (got {rank}): fix --lora_rank")
-    widest = min(min(m.in_features, m.out_features) for block in model.layers for parent in (block.attn, block.ffn)
-                 for name in names if isinstance(m := getattr(parent, name, None), nn.Linear))
-    if rank > widest:  # a rank-r update of an m x n matrix has rank at most min(m, n): more is only memory
-        raise InputError(f"lora_rank={rank} exceeds {widest}, the smallest side of the adapted matrices: a low-rank "
-                         f"update of rank {widest} or less can already be any update of them")
+    most = max(min(m.in_features, m.out_features) for block in model.layers for parent in (block.attn, block.ffn)
+               for name in names if isinstance(m := getattr(parent, name, None), nn.Linear))
+    if rank > most:  # a rank-r update of an m x n matrix has rank at most min(m, n): more is only memory
+        raise InputError(f"lora_rank={rank} exceeds {most}, the highest rank any adapted matrix can have (the smaller "
+                         f"of its sides): at {most} the adapters can already make any update")
     model.requires_grad_(False)
     for block in model.layers:
         for parent in (block.attn, block.ffn):

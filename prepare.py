@@ -98,7 +98,8 @@ def source_files(src, exts=extensions):
         dirs[:] = sorted(x for x in dirs if x not in prune and x != "__pycache__" and not x.startswith("."))
         files += [os.path.join(d, f) for f in sorted(names) if f.endswith(exts)]
     if not files:
-        raise InputError(f"source {src!r} holds no files ending in {' '.join(exts)}: choose the types with --extensions")
+        raise InputError(f"source {src!r} holds no files ending in {' '.join(exts)}: give a folder that does (for "
+                         "text, --extensions names the types)")
     return root, files
 
 

@@ -166,9 +166,9 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     callback(new (B, n)) sees tokens as they are produced and stops generation by returning True.
     stats, a dict, receives new_tokens, seconds, tokens_per_s and, when speculating, proposed/accepted."""
     B, T = idx.shape
-    block, V = model.config.block_size, model.config.vocab_size
-    if assistant_model is not None:  # the draft runs over every token too
-        block = min(block, assistant_model.config.block_size)
+    (block, V), context = (model.config.block_size, model.config.vocab_size), "the model's context"
+    if assistant_model is not None and assistant_model.config.block_size < block:  # the draft runs over every token too
+        block, context = assistant_model.config.block_size, "the assistant model's context"
     for name, value, ok, rule in (
             ("max_new_tokens", max_new_tokens, max_new_tokens >= 0, ">= 0"),
             ("temperature", temperature, temperature >= 0, ">= 0 (0 is greedy)"),
@@ -183,9 +183,9 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     if T == 0:
         raise InputError("the prompt is empty: give at least one token (sample.py's prompts start with BOS)")
     if T >= block:
-        raise InputError(f"the prompt has {T} tokens but the model's context is {block}: shorten it")
+        raise InputError(f"the prompt has {T} tokens but {context} is {block}: shorten it")
     if T + max_new_tokens > block:
-        print(f"note: max_new_tokens cut from {max_new_tokens} to {block - T} to fit the context of {block}", file=sys.stderr)
+        print(f"note: max_new_tokens cut from {max_new_tokens} to {block - T} to fit {context} of {block}", file=sys.stderr)
         max_new_tokens = block - T
     speculate = bool(prompt_lookup_num_tokens) or assistant_model is not None
     if speculate and B != 1:
@@ -391,7 +391,7 @@ def main(argv):
     if not prompts:
         raise InputError(f"--each_line=True found no prompt lines in {start[5:] if start.startswith('FILE:') else '--start'}: "
                          f"give one prompt per line")
-    for i, prompt in enumerate(prompts if each_line else []):  # named here, not as the batch's longest by generate
+    for i, prompt in enumerate(prompts if each_line and not chat else []):  # named here, not as the batch's longest by generate
         if len(tok.encode(prompt, bos=True)) >= model.config.block_size:
             raise InputError(f"prompt line {i + 1} (blank lines not counted) has {len(tok.encode(prompt, bos=True))} "
                              f"tokens but the model's context is {model.config.block_size}: shorten it")

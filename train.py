@@ -350,6 +350,12 @@ def build_model(s, resume_from, fsdp):
     base_ours = checkpoint.resolve(base) if base is not None else None
     if base_ours and checkpoint.read_info(base_ours).get("lora"):  # adapters only: load_model merges them into theirs
         base_ours = None
+    if base is not None and not resume_info:  # the model's architecture, read before any weight is: not another
+        asked, have = shape_of({k: s[k] for k in ARCH}), shape_of(checkpoint.config_of(base))
+        if asked not in (have, shape_of({k: globals()[k] for k in ARCH})):  # the defaults ask for nothing
+            raise InputError(f"the settings describe {asked[0] if asked else 'no model'} but init_from={base} holds "
+                             f"{have[0]}: the architecture comes from the model; drop the architecture settings (or "
+                             "the config file that sets them)")
     if s["lora_rank"] and base is None:
         raise InputError("LoRA trains adapters on a pretrained model: set --init_from to a checkpoint or a Hugging "
                          "Face directory (or --lora_rank=0 to train from scratch)")
@@ -553,7 +559,7 @@ def main(argv):
     settings = settings_for(argv, sources)
     master = os.environ.get("RANK", "0") == "0"
     if master and settings["log_file"]:
-        files.check_output(settings["log_file"], "log_file")
+        files.check_output(settings["log_file"], "log_file", atomic=False)  # appended to: a pipe or a link will do
     with files.sole_writer(settings["out_dir"], "out_dir") if master else nullcontext():
         if master:
             checkpoint.clean(settings["out_dir"])
@@ -595,12 +601,6 @@ def start_model(settings, resume_from, meta, block_size, chat, fsdp, dev, rank, 
     s, master, device_type = SimpleNamespace(**settings), rank == 0, dev.split(":")[0]
     model, base, base_ours = build_model(settings, resume_from, fsdp)
     config = model.config
-    asked = shape_of({k: settings[k] for k in ARCH})
-    if base is not None and resume_from is None and asked not in (shape_of({k: globals()[k] for k in ARCH}),
-                                                                  shape_of(config)):
-        raise InputError(f"the settings describe {asked[0]} but init_from={s.init_from} holds {shape_of(config)[0]}: "
-                         "the architecture comes from the model; drop the architecture settings (or the config "
-                         "file that sets them)")
     settings.update(dataclasses.asdict(config))  # the architecture actually trained is what is printed and saved
     if not fits(meta["vocab_size"], config.vocab_size):  # e.g. configs/elm_270m.py on the demo's 8192-piece data
         fix = (f"set --vocab_size={meta['vocab_size']}, or prepare data with the tokenizer of the model's vocabulary "
@@ -663,7 +663,7 @@ def train(settings, resume_from):
     max_iters, schedule = schedule_of(s, len(train_data[0]) if chat else None)
     for name, got, rule in (("max_iters", max_iters, "epochs"), ("warmup_iters", schedule["warmup_iters"], "warmup_ratio"),
                             ("lr_decay_iters", schedule["lr_decay_iters"], "epochs")):
-        if got != settings[name] and master:
+        if got != settings[name] and settings[name] != globals()[name] and master:  # a count the user had set
             print(f"note: {rule}={settings[rule]} sets {name}={got} (not the {settings[name]} of the settings)")
     if s.min_lr > s.learning_rate and master:  # a finetune's lower --learning_rate under a recipe's min_lr, say
         print(f"note: min_lr={s.min_lr} is above learning_rate={s.learning_rate}: the schedule rises to min_lr; set "
@@ -671,7 +671,8 @@ def train(settings, resume_from):
     info = checkpoint.read_info(resume_from) if resume_from else {}
     resumes_at = info.get("step", 0)
     saved_meta = os.path.join(resume_from, "meta.json") if resume_from else ""
-    if (info and info["settings"].get("data_dir") == s.data_dir and os.path.isfile(saved_meta)
+    if (info and os.path.realpath(info["settings"].get("data_dir", "")) == os.path.realpath(s.data_dir)
+            and os.path.isfile(saved_meta)
             and data.read_meta(resume_from) != meta):  # the same folder with other contents: prepared again since
         raise InputError(f"{s.data_dir} changed since {resume_from} was saved (its meta.json differs from the copy "
                          "there): a resume continues on the data it was trained on; prepare that again, or start a "

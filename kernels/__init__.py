@@ -184,7 +184,7 @@ def rms_norm(x, weight, eps, backend="auto"):
                                and _triton_ok("rms_norm", x.dtype, x.device, (x.shape[-1], weight.dtype))):
         from kernels import rmsnorm
         return rmsnorm.rms_norm(x, weight, eps)
-    if backend == "eager" or torch.compiler.is_compiling() or not torch.is_grad_enabled() and x.is_cuda:
+    if backend == "eager" or torch.compiler.is_compiling() or not torch.is_grad_enabled() and x.device.type != "cpu":
         return rms_norm_eager(x, weight, eps)  # F.rms_norm: one fused kernel on a GPU
     if not torch.is_grad_enabled():
         return normalize(x, weight, eps)[0]  # the Function's forward, without the autograd bookkeeping

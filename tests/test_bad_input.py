@@ -93,7 +93,6 @@ def test_train_refuses_bad_input(world, tmp_path):
     long_name = "x" * 300
     (tmp_path / "binary.py").write_bytes(b"\xff\xfe\x00n_layer = 2\n")
     (tmp_path / "later.py").write_text("max_iters = 5\n")
-    os.symlink(tmp_path / "real.jsonl", tmp_path / "link.jsonl")
     cases = [
         (common + ["--seed=99999999999999999999"], "seed=99999999999999999999 must be in [0, 2**63)"),
         (common + ["--out_dir="], "out_dir is empty: name the folder to write"),
@@ -102,7 +101,6 @@ def test_train_refuses_bad_input(world, tmp_path):
         (common + ["--lora_targets=out_proj"], "sets a LoRA option but lora_rank=0 trains every weight"),
         (common + [f"--init_from={w['run']}", "--lora_rank=2", "--lora_alpha=0.0"], "lora_alpha=0.0 scales"),
         (common + [str(tmp_path / "binary.py")], "binary.py is not UTF-8 text"),
-        (common + [f"--log_file={tmp_path / 'link.jsonl'}"], "link.jsonl is a symbolic link, which an atomic write"),
         (common + ["--max_iters=-1"], "max_iters=-1 must be at least 0"),
         (common + ["--eval_windows=0", "--eval_interval=5"], "eval_windows=0 scores no val windows"),
         (common + ["--learning_rate=-0.1"], "learning_rate=-0.1 must be at least 0"),
@@ -275,6 +273,7 @@ def test_eval_refuses_bad_input(world, tmp_path):
                                                                                "label": 0, **doc}) + "\n")
     fifo = tmp_path / "results.pipe"  # a device or a pipe: never to be replaced by the results file
     os.mkfifo(fifo)
+    os.symlink(tmp_path / "real.json", tmp_path / "link.json")
     (tmp_path / "notjson.jsonl").write_text(json.dumps({"text": "x"}) + "\n{text: y}\n")
     m = [f"--init_from={world['hf']}"]
     cases = [
@@ -282,6 +281,7 @@ def test_eval_refuses_bad_input(world, tmp_path):
         (m + ["--tasks=piqa", "--limit=-1"], "limit=-1 must be at least 0"),
         (m + ["--tasks=piqa", f"--out_file={tmp_path}"], "is a folder, not a file"),
         (m + ["--tasks=piqa", f"--out_file={fifo}"], "is a device or pipe, which an atomic write would replace"),
+        (m + ["--tasks=piqa", f"--out_file={tmp_path / 'link.json'}"], "link.json is a symbolic link, which an atomic"),
         (m + ["--tasks=piqa", f"--out_file={tmp_path / 'no' / 'r.json'}"], "does not exist: create it first"),
         (m + ["--tasks=nope"], "unknown task 'nope'"),
         ([f"--init_from={world['run']}", "--ppl=x"], "holds no tokenizer"),

@@ -137,7 +137,7 @@ def test_lora_resume_is_exact(tmp_path, data, pretrained):
     for change in (dict(lora_rank=8), dict(lora_targets="out_proj"), dict(lora_alpha=2.0)):  # not silently dropped
         with pytest.raises(ValueError, match="keeps its architecture and adapters"):
             run(init_from="resume", out_dir=str(tmp_path / "halves"), max_iters=8, **change)
-    with pytest.raises(ValueError, match="lora_rank=1000 exceeds 16, the smallest side of the adapted matrices"):
+    with pytest.raises(ValueError, match=r"lora_rank=1000 exceeds \d+, the highest rank any adapted matrix can have"):
         run(**base(tmp_path, data, "too_wide", init_from=pretrained, lora_rank=1000))
 
 

@@ -208,6 +208,8 @@ def test_finetune_from_our_checkpoint(tmp_path, data):
                                          r"3072\) but init_from=.*pre holds 2 layers x 32 \(vocab 64, query heads 4, FFN "
                                          r"64\): the architecture comes from the model"):
         run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=7))
+    with pytest.raises(InputError, match=r"the settings describe no model but init_from=.*pre holds 2 layers"):
+        run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_embd=100))  # 12 heads do not divide
     ft = run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1))  # the model's architecture holds
     model, _ = checkpoint.load_model(str(tmp_path / "ft"))
     info = checkpoint.read_info(checkpoint.latest(str(tmp_path / "ft")))
