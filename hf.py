@@ -18,6 +18,7 @@ import dataclasses
 import glob
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -192,9 +193,9 @@ def _torch_load(f):
             if "mmap" not in str(e):
                 raise
             return torch.load(f, map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
-    except Exception as e:
-        raise InputError(f"cannot read {f} as a weights file ({type(e).__name__}: "
-                         f"{(str(e).splitlines() or [''])[0]}): download it again")
+    except Exception as e:  # an UnpicklingError's text advises weights_only=False: not for a file that is no weights
+        why = "" if isinstance(e, pickle.UnpicklingError) else f": {(str(e).splitlines() or [''])[0]}"
+        raise InputError(f"cannot read {f} as a weights file ({type(e).__name__}{why}): download it again")
 
 
 def _read_file(f):

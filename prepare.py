@@ -532,6 +532,9 @@ def _settings(overrides):
                              ("overlong", ("error", "drop", "truncate"))):
             if s[key] not in allowed:
                 raise InputError(f"{key}={s[key]!r}: use one of {', '.join(allowed)}")
+        if s["text_field"] != "text":  # the default
+            raise InputError(f"text_field={s['text_field']!r} names the text column of plain-text sources; "
+                             "conversations are read from --messages_field or the chat format's own fields")
         if src == "stdlib":
             raise InputError("--source=stdlib is plain text, not conversations: give .json, .jsonl or .parquet "
                              "records (or a folder of them), stdlib_functions or hf:<dataset>, or drop --chat_format")

@@ -200,6 +200,12 @@ def test_damaged_files_are_named(world, tmp_path):
     (tmp_path / "hf_bad" / "config.json").write_text('{"model_type": "llama",')  # cut short: named as damaged
     with pytest.raises(ValueError, match=r"hf_bad/config.json is damaged \(JSONDecodeError"):
         checkpoint.load_model(str(tmp_path / "hf_bad"))
+    shutil.copytree(world["hf"], tmp_path / "hf_bin")  # weights that are no pickle: no advice to unpickle them anyway
+    os.remove(tmp_path / "hf_bin" / "model.safetensors")
+    (tmp_path / "hf_bin" / "pytorch_model.bin").write_bytes(bytes(range(256)) * 12)
+    with pytest.raises(ValueError, match=r"cannot read .*pytorch_model.bin as a weights file \(UnpicklingError\): "
+                                         r"download it again$"):
+        checkpoint.load_model(str(tmp_path / "hf_bin"))
     hf.save_model(model, tmp_path / "step_0000009")  # a Hugging Face folder that happens to be named like a step
     assert checkpoint.load_model(str(tmp_path / "step_0000009"))[0].config.layer_dims() == model.config.layer_dims()
 
@@ -326,6 +332,8 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
         ([f"--source={inputs}", "--extensions=.docx .odt", f"--data_root={tmp_path}"], "holds no files ending in .docx .odt"),
         ([f"--source={inputs / 'broken.json'}", f"--data_root={tmp_path}"], "broken.json is a JSON file: for instruction"),
         (["--source=stdlib", "--chat_format=alpaca", f"--data_root={tmp_path}"], "is plain text, not conversations"),
+        ([f"--source={inputs / 'broken.json'}", "--chat_format=auto", "--text_field=body", f"--data_root={tmp_path}"],
+         "text_field='body' names the text column of plain-text sources"),
         ([f"--source={world['root'] / 'a.txt'}", f"--data_root={world['root'] / 'a.txt'}"], "is a file"),
         ([f"--source={world['root'] / 'a.txt'}", "--name=" + "n" * 300, f"--data_root={tmp_path}"], "more than the 255"),
         ([f"--source={tmp_path / 'missing'}"], "not found"),
