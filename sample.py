@@ -391,10 +391,11 @@ def main(argv):
     if not prompts:
         raise InputError(f"--each_line=True found no prompt lines in {start[5:] if start.startswith('FILE:') else '--start'}: "
                          f"give one prompt per line")
-    for i, prompt in enumerate(prompts if each_line and not chat else []):  # named here, not as the batch's longest by generate
-        if len(tok.encode(prompt, bos=True)) >= model.config.block_size:
-            raise InputError(f"prompt line {i + 1} (blank lines not counted) has {len(tok.encode(prompt, bos=True))} "
-                             f"tokens but the model's context is {model.config.block_size}: shorten it")
+    encoded = [] if chat else [tok.encode(p, bos=True) for p in prompts]  # once, and checked before any is run
+    long = next((i for i, ids in enumerate(encoded) if len(ids) >= model.config.block_size), None)
+    if each_line and long is not None:  # generate would name the batch's longest prompt, not its line
+        raise InputError(f"prompt line {long + 1} (blank lines not counted) has {len(encoded[long])} tokens but the "
+                         f"model's context is {model.config.block_size}: shorten it")
     if chat:  # a conversation: the reply streams, then the next user turn (only when a person is typing)
         # encode_chat tokenized the finetuning data too: prompts match it token for token
         messages, message = [], text.strip() or (None if sys.stdin.isatty() else "")
@@ -420,9 +421,9 @@ def main(argv):
             message = None
     elif draft is not None or prompt_lookup_num_tokens or len(prompts) * num_samples == 1:
         total, seconds, proposed, accepted = 0, 0.0, 0, 0  # one sequence at a time, streamed
-        for prompt in prompts:
+        for prompt, ids in zip(prompts, encoded):
             for _ in range(num_samples):
-                complete(model, tok, tok.encode(prompt, bos=True), controls, echo=prompt)
+                complete(model, tok, ids, controls, echo=prompt)
                 print("\n---------------", flush=True)
                 total, seconds = total + stats["new_tokens"], seconds + stats["seconds"]
                 proposed, accepted = proposed + stats.get("proposed", 0), accepted + stats.get("accepted", 0)
@@ -430,7 +431,7 @@ def main(argv):
             if draft is not None or prompt_lookup_num_tokens else ""
         print(f"{total} tokens in {seconds:.2f}s: {total / seconds:.1f} tokens/s{spec}", file=sys.stderr)
     else:  # many sequences: one left-padded batch, printed at the end
-        batch = [tok.encode(p, bos=True) for p in prompts for _ in range(num_samples)]
+        batch = [ids for ids in encoded for _ in range(num_samples)]
         idx, mask = pad_left(batch, tok.pad_id or 0)
         out = generate(model, idx.to(device), attention_mask=mask.to(device), **controls)
         for row, ids in zip(out.tolist(), batch):

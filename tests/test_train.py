@@ -454,3 +454,16 @@ def test_resume_refuses_data_prepared_again_under_the_same_name(tmp_path):
         run(**base(tmp_path, d, "r", max_iters=2, init_from="resume"))
     make_data(str(tmp_path / "data"), seed=0)  # the same data again: the resume goes on
     assert run(**base(tmp_path, d, "r", max_iters=2, init_from="resume", log_file=str(tmp_path / "r2.jsonl")))
+
+
+def test_notes_and_a_log_file_through_a_link(tmp_path, data, capsys):
+    """Settings that do less than they say get a note (fsdp in one process, a min_lr above the learning rate); the
+    log is appended to, so a link (or a pipe) is written through, not refused as an atomic write's output would be."""
+    link = tmp_path / "link.jsonl"
+    os.symlink(tmp_path / "real.jsonl", link)
+    run(**base(tmp_path, data, "notes", max_iters=1, parallel="fsdp", learning_rate=1e-3, min_lr=1e-2,
+               log_file=str(link)))
+    out, err = capsys.readouterr()
+    assert "note: parallel='fsdp' shards under torchrun; one process trains the whole model" in err
+    assert "note: min_lr=0.01 is above learning_rate=0.001: the schedule rises to min_lr" in out
+    assert link.is_symlink() and json.loads((tmp_path / "real.jsonl").read_text().splitlines()[0])["step"] == 1
