@@ -39,6 +39,7 @@ import configurator
 import data
 import files
 from configurator import InputError
+from kernels import fast_cpu_bf16
 from model import IGNORE_INDEX, ModelConfig, Transformer
 from tokenizer import fits
 
@@ -424,11 +425,6 @@ def log(record, log_file, wandb):
 
 
 # ----------------------------------------------------------------------------- the run
-
-def fast_cpu_bf16():
-    """Whether this CPU multiplies bf16 matrices natively (oneDNN with AVX512 or AMX); without, they are emulated."""
-    return getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)()
-
 
 def hold_freed_memory():
     """On Linux with glibc, keep freed memory in the process: by default glibc serves large blocks with fresh

@@ -4,7 +4,9 @@ The kernel switch: the model reaches attention, RMSNorm, RoPE, SwiGLU and the lo
 backend is one of:
   "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs; each Triton kernel only
            after it has matched the reference on a small problem, once per process and dtype (_triton_ok):
-           one that does not, or raises, gets one warning line and "sdpa"'s path from then on
+           one that does not, or raises, gets one warning line and "sdpa"'s path from then on. On a CPU,
+           bf16 attention over at most MATH_MAX_KEYS keys runs attention_math (written-out products and
+           softmax), which is faster there than SDPA's flash kernel at short lengths
   "triton" our Triton kernels; on a CPU only under TRITON_INTERPRET=1, which is how the tests run them
   "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm, RoPE and the loss as autograd
            Functions of PyTorch ops with hand-written backward passes: the eager values, with a fraction of
@@ -18,7 +20,7 @@ The files, each importing only those below it:
   rmsnorm.py          Triton: fused RMSNorm forward and backward
   rope.py             Triton: RoPE on q and k in one launch, forward and backward
   common.py           what the Triton files share (interpreter flag and fix, launcher helpers)
-  torch_ops.py        "sdpa": attention_sdpa, RMSNormTorch, RoPETorch, SwiGLUTorch, CrossEntropy
+  torch_ops.py        "sdpa": attention_sdpa, RMSNormTorch, RoPETorch, SwiGLUTorch, CrossEntropy; attention_math
   reference.py        "eager": attention_eager, rms_norm_eager, rope_eager, swiglu_eager, cross_entropy_eager;
                       IGNORE_INDEX
   compile_check.py    compiles every Triton kernel for an NVIDIA GPU without one (python -m kernels.compile_check)
@@ -36,7 +38,8 @@ import torch
 
 from kernels.reference import (IGNORE_INDEX, attention_eager, cross_entropy_eager, rel_err, rms_norm_eager,  # noqa: F401
                                rope_eager, swiglu_eager)
-from kernels.torch_ops import CrossEntropy, RMSNormTorch, RoPETorch, SwiGLUTorch, attention_sdpa, normalize, rotate
+from kernels.torch_ops import (CrossEntropy, RMSNormTorch, RoPETorch, SwiGLUTorch, attention_math, attention_sdpa,  # noqa: F401
+                               normalize, rotate)
 
 BACKENDS = ("auto", "triton", "sdpa", "eager")
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what "auto" sends to the norm/RoPE kernels
@@ -172,7 +175,28 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
         if flash_attention.supported(q, k, v) and _triton_ok("attention", dtype, q.device,
                                                              (q.shape[-1], q.shape[1] // k.shape[1])):
             return flash_attention.attention(q, k, v, causal=causal)
+    if backend == "auto" and mask is None and _math_pays(q, k, causal):
+        low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+        return attention_math(q.to(low), k.to(low), v.to(low), causal)  # autocast casts SDPA's inputs so too
     return attention_sdpa(q, k, v, causal, mask)
+
+
+MATH_MAX_KEYS = 512  # where attention_math stops beating SDPA's flash kernel for CPUs (kernels/torch_ops.py)
+
+
+def _math_pays(q, k, causal):
+    """Whether "auto" runs attention_math: a CPU that multiplies bf16 natively, bf16 attention (the inputs', or
+    CPU autocast's), at most MATH_MAX_KEYS keys and no query without one (Tq <= Tk when causal); not under
+    torch.compile, which gets SDPA to lower as it does on every device."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    return (q.device.type == "cpu" and low == torch.bfloat16 and Tk <= MATH_MAX_KEYS and (Tq <= Tk or not causal)
+            and not torch.compiler.is_compiling() and fast_cpu_bf16())
+
+
+def fast_cpu_bf16():
+    """Whether this CPU multiplies bf16 matrices natively (oneDNN with AVX512 or AMX); without, they are emulated."""
+    return getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)()
 
 
 # ----------------------------------------------------------------------------- RMSNorm

@@ -247,6 +247,64 @@ def test_rope_torch_path_equals_eager(dtype):
     torch.testing.assert_close(x.grad.double(), xd.grad, atol=tol * xd.grad.abs().max().item(), rtol=0)
 
 
+@pytest.mark.parametrize("B,Hq,Hkv,Tq,Tk,causal", [
+    (2, 4, 1, 17, 17, True),   # GQA 4, a training step's square causal attention
+    (1, 6, 2, 5, 40, True),    # a chunk of queries against a longer cache: causal from the bottom right
+    (1, 4, 4, 1, 30, True),    # one query (decoding)
+    (2, 8, 2, 30, 7, False),   # non-causal, more queries than keys
+])
+def test_attention_math_equals_eager(B, Hq, Hkv, Tq, Tk, causal):
+    """kernels.attention_math: in float64 the eager reference's values and gradients to rounding; in bf16
+    from the model's strided q/k/v views, within bf16's error of float64 (what CPU training runs)."""
+    import kernels
+    torch.manual_seed(0)
+    qkv = torch.randn(B, max(Tq, Tk), Hq + 2 * Hkv, 16, dtype=torch.float64)
+    q, k, v = (t.transpose(1, 2) for t in qkv.split([Hq, Hkv, Hkv], dim=2))  # (B, H, T, D) views, not contiguous
+    q, k, v = q[:, :, :Tq].requires_grad_(), k[:, :, :Tk].requires_grad_(), v[:, :, :Tk].requires_grad_()
+    dy = torch.randn(B, Hq, Tq, 16, dtype=torch.float64)
+    got = kernels.attention_math(q, k, v, causal)
+    grads = torch.autograd.grad(got, (q, k, v), dy)
+    want = kernels.attention_eager(q, k, v, causal)
+    want = (want, *torch.autograd.grad(want, (q, k, v), dy))
+    for a, b in zip((got, *grads), want):
+        torch.testing.assert_close(a, b, atol=1e-12 * b.abs().max().item(), rtol=0)
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    got = kernels.attention_math(*low, causal)
+    grads = torch.autograd.grad(got, low, dy.bfloat16())
+    assert got.dtype == torch.bfloat16
+    for a, b in zip((got, *grads), want):
+        torch.testing.assert_close(a.double(), b, atol=4e-2 * b.abs().max().item(), rtol=0)
+
+
+def test_auto_attention_takes_the_math_form_where_it_pays(monkeypatch):
+    """On a CPU with native bf16 products, "auto" runs attention_math for bf16 attention (the inputs', or
+    autocast's: fp32 q/k out of an fp32-weight QK-norm are cast, as SDPA's are) over at most MATH_MAX_KEYS keys;
+    fp32, longer caches, explicit masks, queries with no key, the "sdpa" backend and a CPU without bf16 take SDPA."""
+    import kernels
+    calls = []
+    monkeypatch.setattr(kernels, "attention_math", lambda q, k, v, c: calls.append(q.dtype) or kernels.attention_sdpa(q, k, v, c))
+    monkeypatch.setattr(kernels, "fast_cpu_bf16", lambda: True)
+    bf = torch.bfloat16
+
+    def qkv(Tq, Tk, dtype=bf):
+        return torch.randn(1, 4, Tq, 8, dtype=dtype), torch.randn(1, 2, Tk, 8, dtype=dtype), torch.randn(1, 2, Tk, 8, dtype=dtype)
+
+    kernels.attention(*qkv(16, 16))
+    kernels.attention(*qkv(1, kernels.MATH_MAX_KEYS))
+    q, k, v = qkv(16, 16, torch.float32)
+    with torch.autocast("cpu", dtype=bf):
+        assert kernels.attention(q.requires_grad_(), k, v.bfloat16()).dtype == bf
+    assert calls == [bf] * 3
+    kernels.attention(q, k, v)  # fp32
+    kernels.attention(*qkv(1, kernels.MATH_MAX_KEYS + 1))
+    kernels.attention(*qkv(16, 16), mask=torch.ones(16, 16, dtype=torch.bool))
+    kernels.attention(*qkv(16, 8))  # causal, 8 queries without a key
+    kernels.attention(*qkv(16, 16), backend="sdpa")
+    monkeypatch.setattr(kernels, "fast_cpu_bf16", lambda: False)
+    kernels.attention(*qkv(16, 16))
+    assert len(calls) == 3
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_swiglu_torch_path_equals_autograd_of_the_formula(dtype, monkeypatch):
     """kernels.SwiGLUTorch (both halves' gradients written into one tensor, no cat): swiglu_eager's values
