@@ -226,8 +226,9 @@ def apply_rope(q, k, cos, sin, backend="auto"):
         return rope.apply_rope(q, k, cos, sin)
     if backend == "eager" or torch.compiler.is_compiling():
         return rope_eager(q, cos, sin), rope_eager(k, cos, sin)
-    if not torch.is_grad_enabled():  # the Function's forward, without the autograd bookkeeping
-        return rotate(q, cos, sin), rotate(k, cos, sin)
+    if not torch.is_grad_enabled():  # the Function's forward without the autograd bookkeeping, q and k rotated
+        qk = rotate(torch.cat([q, k], dim=2), cos, sin)  # as one tensor: half the small ops of a decode step's RoPE
+        return qk.split([q.shape[2], k.shape[2]], dim=2)
     return RoPETorch.apply(q, cos, sin), RoPETorch.apply(k, cos, sin)
 
 

@@ -238,6 +238,9 @@ def test_rope_torch_path_equals_eager(dtype):
     cos, sin = angle.cos(), angle.sin()
     q, k = kernels.apply_rope(x, x[:, :, :1], cos, sin, backend="sdpa")
     assert torch.equal(q, kernels.rope_eager(x, cos, sin)) and torch.equal(k, kernels.rope_eager(x[:, :, :1], cos, sin))
+    with torch.no_grad():  # sampling and eval: q and k rotated as one tensor, the same values
+        q0, k0 = kernels.apply_rope(x, x[:, :, :1], cos, sin)
+        assert torch.equal(q0, q) and torch.equal(k0, k)
     dq, dk = torch.randn(q.shape).to(dtype), torch.randn(k.shape).to(dtype)
     torch.autograd.backward([q, k], [dq, dk])
     xd = x.detach().double().requires_grad_()
