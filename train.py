@@ -92,7 +92,7 @@ lora_alpha = 16.0  # the update is scaled by lora_alpha / lora_rank
 lora_dropout = 0.05  # dropout on the adapters' input
 lora_targets = "qkv_proj,out_proj,gate_up_proj,down_proj"  # projections that get adapters (fused layers)
 # architecture: ModelConfig's fields (model.py has their meaning). A checkpoint or Hugging Face init_from brings
-# its own, and that is what the run prints and saves; only backend is taken from here then.
+# its own, and that is what the run prints and saves; of these settings, only the FREE ones below may change it.
 vocab_size = 32000
 block_size = 2048  # the training context
 n_layer = 12
@@ -163,6 +163,26 @@ def resume_settings(s, sources):
         elif os.environ.get("RANK", "0") == "0":
             print(f"resume: {k} {was!r} -> {s[k]!r} ({sources[k]})")
     return s, resume_from
+
+
+FREE = ("block_size", "rope_theta", "norm_eps", "z_loss", "backend")  # architecture settings no weight's shape depends on
+
+
+def model_settings(s, sources, resume_from):
+    """Finetuning (init_from a model, not resuming): the architecture is the model's, read from its config before
+    any weight is. Architecture settings given (or a config file's) that describe another model are refused; the
+    FREE ones given replace the model's (a longer context, say); every other setting of the architecture becomes
+    the model's, so what is printed and saved is what trains."""
+    if resume_from or s["init_from"] in ("scratch", "resume"):
+        return
+    have = dataclasses.asdict(checkpoint.config_of(s["init_from"]))
+    asked, model = shape_of({**have, **{k: s[k] for k in ARCH if k in sources}}), shape_of(have)
+    if asked != model:
+        raise InputError(f"the settings describe {asked[0] if asked else 'no model'} but "
+                         f"init_from={s['init_from']} holds {model[0]}: the architecture comes from the "
+                         f"model; drop the architecture settings (or the config file that sets them; of those, only "
+                         f"{', '.join(FREE)} may change)")
+    s.update({k: v for k, v in have.items() if k not in sources or k not in FREE})
 
 
 def check(s, sources=None):
@@ -351,21 +371,19 @@ def build_model(s, resume_from, fsdp):
     base_ours = checkpoint.resolve(base) if base is not None else None
     if base_ours and checkpoint.read_info(base_ours).get("lora"):  # adapters only: load_model merges them into theirs
         base_ours = None
-    if base is not None and not resume_info:  # the model's architecture, read before any weight is: not another
-        asked, have = shape_of({k: s[k] for k in ARCH}), shape_of(checkpoint.config_of(base))
-        if asked not in (have, shape_of({k: globals()[k] for k in ARCH})):  # the defaults ask for nothing
-            raise InputError(f"the settings describe {asked[0] if asked else 'no model'} but init_from={base} holds "
-                             f"{have[0]}: the architecture comes from the model; drop the architecture settings (or "
-                             "the config file that sets them)")
     if s["lora_rank"] and base is None:
         raise InputError("LoRA trains adapters on a pretrained model: set --init_from to a checkpoint or a Hugging "
                          "Face directory (or --lora_rank=0 to train from scratch)")
+    free = {k: s[k] for k in FREE}  # the model's, or what was asked for instead (model_settings)
     if base is not None and not base_ours:  # Hugging Face or Meta, through hf.py (in full on the CPU)
-        model, _ = checkpoint.load_model(base, device="cpu", dtype=torch.float32)
+        loaded, _ = checkpoint.load_model(base, device="cpu", dtype=torch.float32)
+        with torch.device("meta"):
+            model = Transformer(dataclasses.replace(loaded.config, **free))
+        model.load_state_dict(loaded.state_dict(), assign=True)  # the same tensors, in modules built with `free`
         return model.train(), base, None
     known = resume_info or (checkpoint.read_info(base_ours) if base_ours else None)
-    if known:  # the architecture is the checkpoint's; only the kernel backend is ours to pick
-        config = dataclasses.replace(checkpoint.model_config(known), backend=s["backend"])
+    if known:  # the architecture is the checkpoint's
+        config = dataclasses.replace(checkpoint.model_config(known), **free)
     else:
         try:
             config = ModelConfig(**{k: s[k] for k in ARCH})
@@ -561,6 +579,7 @@ def main(argv):
             checkpoint.clean(settings["out_dir"])
         settings, resume_from = resume_settings(settings, sources)
         check(settings, sources)
+        model_settings(settings, sources, resume_from)
         train(settings, resume_from)
 
 

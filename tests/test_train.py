@@ -204,18 +204,31 @@ def test_checkpoint_is_self_contained_with_tokenizer(tmp_path):
 def test_finetune_from_our_checkpoint(tmp_path, data):
     s = base(tmp_path, data, "pre", max_iters=6)
     run(**s)
-    with pytest.raises(InputError, match=r"the settings describe 7 layers x 768 \(vocab 32000, query heads 12, FFN "
-                                         r"3072\) but init_from=.*pre holds 2 layers x 32 \(vocab 64, query heads 4, FFN "
+    with pytest.raises(InputError, match=r"the settings describe 7 layers x 32 \(vocab 64, query heads 4, FFN 64\) "
+                                         r"but init_from=.*pre holds 2 layers x 32 \(vocab 64, query heads 4, FFN "
                                          r"64\): the architecture comes from the model"):
         run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=7))
     with pytest.raises(InputError, match=r"the settings describe no model but init_from=.*pre holds 2 layers"):
         run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_embd=100))  # 12 heads do not divide
+    with pytest.raises(InputError, match=r"the settings describe 12 layers"):  # asked for, though it is the default
+        run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=12))
+    with pytest.raises(InputError, match=r"the settings describe no model.*only block_size, rope_theta"):
+        run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, norm_eps=0.0))
     ft = run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1))  # the model's architecture holds
     model, _ = checkpoint.load_model(str(tmp_path / "ft"))
     info = checkpoint.read_info(checkpoint.latest(str(tmp_path / "ft")))
     assert len(model.layers) == TINY["n_layer"] and info["step"] == 1
     assert info["settings"]["n_layer"] == TINY["n_layer"]  # the architecture trained, not the settings' defaults
     assert ft[0]["loss"] < run(**base(tmp_path, data, "fresh", max_iters=1))[0]["loss"]  # starts from trained weights
+    # what no weight's shape depends on may change, and is what the checkpoint records and a resume keeps
+    free = dict(block_size=16, rope_theta=500.0, norm_eps=1e-3, z_loss=0.5, backend="eager")
+    run(**base(tmp_path, data, "free", init_from=s["out_dir"], max_iters=1, **free))
+    info = checkpoint.read_info(checkpoint.latest(str(tmp_path / "free")))
+    assert {k: info["settings"][k] for k in free} == free and info["model_config"]["block_size"] == 16
+    model, _ = checkpoint.load_model(str(tmp_path / "free"))
+    assert model.layers[0].attn_norm.eps == 1e-3 and model.config.z_loss == 0.5
+    run(**base(tmp_path, data, "free", init_from="resume", max_iters=2, **free))
+    assert checkpoint.read_info(checkpoint.latest(str(tmp_path / "free")))["step"] == 2
 
 
 def test_bad_paths_and_settings_are_refused(tmp_path, data):
@@ -280,6 +293,11 @@ def test_hugging_face_directory_loads_and_finetunes(tmp_path, data):
     log = run(**base(tmp_path, data, "hf_ft", init_from=str(tmp_path / "hf"), max_iters=2, seed=0))
     ref = run(**base(tmp_path, data, "hf_ref", max_iters=2, seed=0))
     np.testing.assert_allclose(losses(log), losses(ref), rtol=1e-6)
+    # settings no weight's shape depends on apply to an imported model too (its modules are built with them)
+    log = run(**base(tmp_path, data, "hf_eps", init_from=str(tmp_path / "hf"), max_iters=2, seed=0, norm_eps=0.5,
+                     backend="eager"))
+    assert checkpoint.read_info(checkpoint.latest(str(tmp_path / "hf_eps")))["model_config"]["backend"] == "eager"
+    assert checkpoint.load_model(str(tmp_path / "hf_eps"))[0].norm.eps == 0.5 and losses(log) != losses(ref)
 
 
 def test_resume_of_a_finetune_keeps_the_imported_architecture(tmp_path, data):
