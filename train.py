@@ -171,8 +171,9 @@ FREE = ("block_size", "rope_theta", "norm_eps", "z_loss", "backend")  # architec
 def model_settings(s, sources, resume_from):
     """Finetuning (init_from a model, not resuming): the architecture is the model's, read from its config before
     any weight is. Architecture settings given (or a config file's) that describe another model are refused; the
-    FREE ones given replace the model's (a longer context, say); every other setting of the architecture becomes
-    the model's, so what is printed and saved is what trains."""
+    FREE ones asked for with --key=value replace the model's (a longer context, say; a config file's must be the
+    model's); every other setting of the architecture becomes the model's, so what is printed and saved is what
+    trains."""
     if resume_from or s["init_from"] in ("scratch", "resume"):
         return
     have = dataclasses.asdict(checkpoint.config_of(s["init_from"]))
@@ -182,6 +183,10 @@ def model_settings(s, sources, resume_from):
                          f"init_from={s['init_from']} holds {model[0]}: the architecture comes from the "
                          f"model; drop the architecture settings (or the config file that sets them; of those, only "
                          f"{', '.join(FREE)} may change)")
+    for k in FREE:
+        if sources.get(k, "").endswith(".py") and s[k] != have[k]:  # a file's value is not a choice for this model
+            raise InputError(f"{sources[k]} sets {k}={s[k]!r} but init_from={s['init_from']} has {k}={have[k]!r}: "
+                             f"to change it, ask with --{k}={s[k]!r}; else drop the config file")
     s.update({k: v for k, v in have.items() if k not in sources or k not in FREE})
 
 

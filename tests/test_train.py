@@ -14,7 +14,7 @@ import torch
 
 import checkpoint
 from configurator import InputError
-from conftest import ROOT, TINY, TINY_ELM, VOCAB, assert_same_run, base, losses, make_data, run, torchrun
+from conftest import ROOT, TINY, TINY_ELM, VOCAB, args, assert_same_run, base, losses, make_data, run, torchrun
 
 
 
@@ -229,6 +229,11 @@ def test_finetune_from_our_checkpoint(tmp_path, data):
     assert model.layers[0].attn_norm.eps == 1e-3 and model.config.z_loss == 0.5
     run(**base(tmp_path, data, "free", init_from="resume", max_iters=2, **free))
     assert checkpoint.read_info(checkpoint.latest(str(tmp_path / "free")))["step"] == 2
+    (tmp_path / "cfg.py").write_text("norm_eps = 1e-5\n")  # a config file's value is not a choice for this model
+    import train
+    with pytest.raises(InputError, match=r"cfg.py sets norm_eps=1e-05 but init_from=.*pre has norm_eps=1e-06: to "
+                                         r"change it, ask with --norm_eps=1e-05"):
+        train.main([str(tmp_path / "cfg.py"), *args(**base(tmp_path, data, "cfg", init_from=s["out_dir"]))])
 
 
 def test_bad_paths_and_settings_are_refused(tmp_path, data):
