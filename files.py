@@ -62,6 +62,9 @@ def check_output(path, what, folder=False, atomic=True):
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if folder and os.path.exists(path) and not os.path.isdir(path):
         raise InputError(f"{what}={path} is a file, not a folder: choose another path")
+    if folder and (os.path.realpath(os.getcwd()) + os.sep).startswith(os.path.realpath(path).rstrip(os.sep) + os.sep):
+        raise InputError(f"{what}={path} is the working directory or holds it, so what is written would mix with "
+                         "what is there: name a folder of its own (out/run, say)")
     if not folder and os.path.isdir(path):
         raise InputError(f"{what}={path} is a folder, not a file: give a file name")
     if atomic and not folder and (os.path.islink(path) or os.path.exists(path) and not os.path.isfile(path)):

@@ -181,7 +181,7 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
     return attention_sdpa(q, k, v, causal, mask)
 
 
-MATH_MAX_KEYS = 512  # where attention_math stops beating SDPA's flash kernel for CPUs (kernels/torch_ops.py)
+MATH_MAX_KEYS = 256  # up to where attention_math beats SDPA's flash kernel for CPUs (kernels/torch_ops.py)
 
 
 def _math_pays(q, k, causal):

@@ -6,8 +6,8 @@ finetuning) against other implementations are in the top-level bench.py.
 
     python -m kernels.bench             GPU: Triton attention / decode / RMSNorm / RoPE vs SDPA's backends and eager
     python -m kernels.bench --quick     the same on fewer shapes
-    python -m kernels.bench ops         CPU: the loss, RMSNorm and RoPE forward + backward vs autograd through the
-                                        eager code and nanoGPT's ops (F.cross_entropy, F.layer_norm)
+    python -m kernels.bench ops         CPU: the loss, RMSNorm, RoPE and bf16 attention forward + backward vs autograd
+                                        through the eager code and nanoGPT's ops (F.cross_entropy, F.layer_norm, SDPA)
 
 FLOPs of attention: forward 4 * B * Hq * Tq * Tk * D, halved when causal, backward 2.5 x forward (FlashAttention-2's
 convention), GQA counted by query heads. Numbers are printed, never asserted. On a CPU (the interpreter) the same
@@ -345,6 +345,12 @@ def bench_ops(B=8, T=256, V=8192):
         ("SwiGLU, 8x256x(2x1536) fp32", "ours: kernels.SwiGLUTorch"): timed(kernels.SwiGLUTorch.apply, gate_up),
         ("SwiGLU, 8x256x(2x1536) fp32", "autograd through kernels.swiglu_eager"): timed(kernels.swiglu_eager, gate_up),
     }
+    for T in (128, 256, 512, 1024):  # the model's q, k, v: views of one (B, T, 8 + 2 + 2, 64) projection
+        qkv = torch.randn(2048 // T, T, 12, 64, generator=g).bfloat16()
+        heads = lambda fn: lambda x: fn(*(t.transpose(1, 2) for t in x.split([8, 2, 2], 2)), True)  # noqa: E731
+        op = f"causal attention, {2048 // T}x{T} tokens, 8/2 heads of 64, bf16"
+        cases[(op, "ours: kernels.attention_math")] = timed(heads(kernels.attention_math), qkv)
+        cases[(op, "SDPA (nanoGPT, transformers)")] = timed(heads(kernels.attention_sdpa), qkv)
     secs = interleaved_seconds(cases)
     print(f"\nforward + backward on this CPU ({torch.get_num_threads()} threads), "
           f"median over 7 rounds of the median of 3")

@@ -96,6 +96,8 @@ def test_train_refuses_bad_input(world, tmp_path):
     cases = [
         (common + ["--seed=99999999999999999999"], "seed=99999999999999999999 must be in [0, 2**63)"),
         (common + ["--out_dir="], "out_dir is empty: name the folder to write"),
+        (common + ["--out_dir=."], "is the working directory or holds it"),
+        (common + ["--out_dir=.."], "is the working directory or holds it"),
         (common + ["--max_iters=None"], "sets max_iters=None (NoneType), but max_iters is a int"),
         (common + ["--max_iters=2", str(tmp_path / "later.py")], "comes after --max_iters=2 and sets max_iters again"),
         (common + ["--lora_targets=out_proj"], "sets a LoRA option but lora_rank=0 trains every weight"),
