@@ -4,8 +4,8 @@ The kernel switch: the model reaches attention, RMSNorm, RoPE, SwiGLU and the lo
 backend is one of:
   "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs; each Triton kernel only
            after it has matched the reference on a small problem, once per process and dtype (_triton_ok):
-           one that does not, or raises, gets one warning line and "sdpa"'s path from then on. On a CPU,
-           bf16 attention over at most MATH_MAX_KEYS keys runs attention_math (written-out products and
+           one that does not, or raises, gets one warning line and "sdpa"'s path from then on. Training on a
+           CPU, bf16 attention over at most MATH_MAX_KEYS keys runs attention_math (written-out products and
            softmax), which is faster there than SDPA's flash kernel at short lengths
   "triton" our Triton kernels; on a CPU only under TRITON_INTERPRET=1, which is how the tests run them
   "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm, RoPE and the loss as autograd
@@ -175,7 +175,7 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
         if flash_attention.supported(q, k, v) and _triton_ok("attention", dtype, q.device,
                                                              (q.shape[-1], q.shape[1] // k.shape[1])):
             return flash_attention.attention(q, k, v, causal=causal)
-    if backend == "auto" and mask is None and _math_pays(q, k, causal):
+    if backend == "auto" and mask is None and _math_pays(q, k, v, causal):
         low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
         return attention_math(q.to(low), k.to(low), v.to(low), causal)  # autocast casts SDPA's inputs so too
     return attention_sdpa(q, k, v, causal, mask)
@@ -184,13 +184,15 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
 MATH_MAX_KEYS = 256  # up to where attention_math beats SDPA's flash kernel for CPUs (kernels/torch_ops.py)
 
 
-def _math_pays(q, k, causal):
-    """Whether "auto" runs attention_math: a CPU that multiplies bf16 natively, bf16 attention (the inputs', or
-    CPU autocast's), at most MATH_MAX_KEYS keys and no query without one (Tq <= Tk when causal); not under
-    torch.compile, which gets SDPA to lower as it does on every device."""
+def _math_pays(q, k, v, causal):
+    """Whether "auto" runs attention_math: training (a gradient wanted) on a CPU that multiplies bf16 natively, bf16
+    attention (the inputs', or CPU autocast's), at most MATH_MAX_KEYS keys and no query without one (Tq <= Tk when
+    causal); not under torch.compile, which gets SDPA to lower as it does on every device. Without gradients
+    SDPA is as fast or faster (forward alone, batch 1: 1.0-1.5x at 64-256 tokens, 5x for a decode step's query)."""
     Tq, Tk = q.shape[2], k.shape[2]
     low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
     return (q.device.type == "cpu" and low == torch.bfloat16 and Tk <= MATH_MAX_KEYS and (Tq <= Tk or not causal)
+            and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
             and not torch.compiler.is_compiling() and fast_cpu_bf16())
 
 

@@ -23,8 +23,8 @@ def attention_sdpa(q, k, v, causal=True, mask=None):
 
 
 def attention_math(q, k, v, causal=True):
-    """attention_eager's semantics (no explicit mask; Tq <= Tk when causal), written out for short bfloat16
-    sequences on a CPU: the scores as a product in q's dtype, the softmax in fp32, its probabilities cast
+    """attention_eager's semantics (no explicit mask; Tq <= Tk when causal), written out for training on short
+    bfloat16 sequences on a CPU: the scores as a product in q's dtype, the softmax in fp32, its probabilities cast
     back for the product with v; autograd differentiates it. A kv head's group of query heads is stacked into
     one product, so GQA copies neither k nor v. Forward and backward, bf16, 8 query and 2 kv heads of 64, 2048
     tokens (`python -m kernels.bench ops`), against SDPA's flash kernel for CPUs: 0.4x its time in batches of

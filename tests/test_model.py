@@ -280,9 +280,10 @@ def test_attention_math_equals_eager(B, Hq, Hkv, Tq, Tk, causal):
 
 
 def test_auto_attention_takes_the_math_form_where_it_pays(monkeypatch):
-    """On a CPU with native bf16 products, "auto" runs attention_math for bf16 attention (the inputs', or
+    """Training on a CPU with native bf16 products, "auto" runs attention_math for bf16 attention (the inputs', or
     autocast's: fp32 q/k out of an fp32-weight QK-norm are cast, as SDPA's are) over at most MATH_MAX_KEYS keys;
-    fp32, longer caches, explicit masks, queries with no key, the "sdpa" backend and a CPU without bf16 take SDPA."""
+    fp32, longer caches, explicit masks, queries with no key, no gradient, the "sdpa" backend and a CPU without
+    bf16 take SDPA."""
     import kernels
     calls = []
     monkeypatch.setattr(kernels, "attention_math", lambda q, k, v, c: calls.append(q.dtype) or kernels.attention_sdpa(q, k, v, c))
@@ -290,14 +291,17 @@ def test_auto_attention_takes_the_math_form_where_it_pays(monkeypatch):
     bf = torch.bfloat16
 
     def qkv(Tq, Tk, dtype=bf):
-        return torch.randn(1, 4, Tq, 8, dtype=dtype), torch.randn(1, 2, Tk, 8, dtype=dtype), torch.randn(1, 2, Tk, 8, dtype=dtype)
+        return (torch.randn(1, 4, Tq, 8, dtype=dtype, requires_grad=True), torch.randn(1, 2, Tk, 8, dtype=dtype),
+                torch.randn(1, 2, Tk, 8, dtype=dtype))
 
     kernels.attention(*qkv(16, 16))
     kernels.attention(*qkv(1, kernels.MATH_MAX_KEYS))
     q, k, v = qkv(16, 16, torch.float32)
     with torch.autocast("cpu", dtype=bf):
-        assert kernels.attention(q.requires_grad_(), k, v.bfloat16()).dtype == bf
+        assert kernels.attention(q, k, v.bfloat16()).dtype == bf
     assert calls == [bf] * 3
+    with torch.no_grad():  # sampling and eval
+        kernels.attention(*qkv(16, 16))
     kernels.attention(q, k, v)  # fp32
     kernels.attention(*qkv(1, kernels.MATH_MAX_KEYS + 1))
     kernels.attention(*qkv(16, 16), mask=torch.ones(16, 16, dtype=torch.bool))
