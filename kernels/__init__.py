@@ -189,8 +189,9 @@ def _math_pays(q, k, v, causal):
     attention (the inputs', or CPU autocast's), at most MATH_MAX_KEYS keys and no query without one (Tq <= Tk when
     causal); not under torch.compile, which gets SDPA to lower as it does on every device. Without gradients
     SDPA is as fast or faster (forward alone, batch 1: 1.0-1.5x at 64-256 tokens, 5x for a decode step's query)."""
-    if not torch.is_grad_enabled() or q.device.type != "cpu" or k.shape[2] > MATH_MAX_KEYS:  # cheap: a decode
-        return False                                                                         # step ends here
+    # the cheap checks first: a decode step ends here
+    if not torch.is_grad_enabled() or q.device.type != "cpu" or k.shape[2] > MATH_MAX_KEYS:
+        return False
     low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
     return (low == torch.bfloat16 and (q.shape[2] <= k.shape[2] or not causal) and any(t.requires_grad for t in (q, k, v))
             and not torch.compiler.is_compiling() and fast_cpu_bf16())
