@@ -340,6 +340,9 @@ def load_model(path, device="cpu", dtype=None):
             raise InputError(f"{path} is an MLX-quantized model ({name!r}): nanoELM loads full-precision weights; "
                              f"dequantize it (python -m mlx_lm.convert --hf-path {path} --mlx-path OUT -d) or use the "
                              f"original Hugging Face weights")
+        if not t.is_floating_point():  # a quantizer's packed integers, or a damaged file: cast, they would be noise
+            raise InputError(f"{f}: tensor {name!r} holds {str(t.dtype).removeprefix('torch.')} values, not "
+                             "floating-point weights: a quantized or damaged checkpoint; use the full-precision original")
         if name not in owner:
             raise InputError(f"{f}: unexpected tensor {name!r} for this config (layers={config.n_layer}, "
                              f"tied={config.tie_embeddings}): config.json does not match the weights, or this is not "

@@ -145,6 +145,9 @@ def test_folders_that_hold_no_model_we_read_get_one_line(tmp_path, byte_json):
     save_file({**sd, "model.layers.0.mlp.up_proj.scales": torch.ones(64, 1)}, tmp_path / "mlx" / "model.safetensors")
     with pytest.raises(InputError, match=r"is an MLX-quantized model .*'model.layers.0.mlp.up_proj.scales'"):
         hf.load_model(tmp_path / "mlx")
+    save_file({**sd, "model.norm.weight": torch.ones(32, dtype=torch.int32)}, tmp_path / "mlx" / "model.safetensors")
+    with pytest.raises(InputError, match=r"tensor 'model.norm.weight' holds int32 values, not floating-point weights"):
+        hf.load_model(tmp_path / "mlx")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "tokenizer.json").write_text("{not json")
     with pytest.raises(InputError, match=r"is not a Hugging Face tokenizer.json"):
