@@ -188,8 +188,10 @@ def verify(path):
 
 
 def model_config(info):
-    """ModelConfig from train.json (JSON turned the multiplier tuples into lists; turn them back)."""
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    """ModelConfig from train.json (JSON turned the multiplier tuples into lists; turn them back). The kernel
+    backend is the loader's to pick, not the trainer's: it is left at "auto" (one trained with "triton" on a GPU
+    runs on a CPU too)."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"backend"}
     try:
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in info["model_config"].items() if k in fields}
         return ModelConfig(**kw)
@@ -348,6 +350,15 @@ def lora_base(info, ck):
     return base
 
 
+def rebuilt(model, config):
+    """model's tensors (not copies) in a Transformer built with config, whose shapes must be model's: for the
+    settings that no shape depends on but modules keep (norm_eps, backend)."""
+    with torch.device("meta"):
+        new = Transformer(config)
+    new.load_state_dict(model.state_dict(), assign=True)
+    return new
+
+
 def config_of(path):
     """The ModelConfig of the model a path holds (ours, a LoRA run's, Hugging Face's or Meta's), from its train.json,
     config.json or params.json alone: no weights are read."""
@@ -405,7 +416,7 @@ def _load(path, device, dtype):
         lora.add(model, **info["lora"])
         sd = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
         _dcp(dcp.load, {"model": sd}, ck)  # into the adapters' own storage
-        model = lora.merge(model).requires_grad_(True)
+        model = rebuilt(lora.merge(model), model_config(info)).requires_grad_(True)  # with the run's own settings
         model = model.to(dtype=dtype) if dtype is not None else model
     else:
         with torch.device("meta"):  # allocate once, directly in the target dtype and device

@@ -170,24 +170,27 @@ FREE = ("block_size", "rope_theta", "norm_eps", "z_loss", "backend")  # architec
 
 def model_settings(s, sources, resume_from):
     """Finetuning (init_from a model, not resuming): the architecture is the model's, read from its config before
-    any weight is. Architecture settings given (or a config file's) that describe another model are refused; the
-    FREE ones asked for with --key=value replace the model's (a longer context, say; a config file's must be the
-    model's); every other setting of the architecture becomes the model's, so what is printed and saved is what
-    trains."""
+    any weight is. Architecture settings given (or a config file's) that describe another model are refused. Of
+    the FREE ones, backend is the run's own; z_loss given replaces the model's; rope_theta and norm_eps asked for
+    with --key=value do (a config file's must be the model's); block_size sets the training windows (the model's
+    context when not given) and, longer than the model's context, extends it (build_model). Every other setting
+    of the architecture becomes the model's, so what is printed and saved is what trains."""
     if resume_from or s["init_from"] in ("scratch", "resume"):
         return
     have = dataclasses.asdict(checkpoint.config_of(s["init_from"]))
-    asked, model = shape_of({**have, **{k: s[k] for k in ARCH if k in sources}}), shape_of(have)
-    if asked != model:
-        raise InputError(f"the settings describe {asked[0] if asked else 'no model'} but "
-                         f"init_from={s['init_from']} holds {model[0]}: the architecture comes from the "
-                         f"model; drop the architecture settings (or the config file that sets them; of those, only "
-                         f"{', '.join(FREE)} may change)")
-    for k in FREE:
+    try:
+        asked = shape_of(ModelConfig(**{**have, **{k: s[k] for k in ARCH if k in sources}}))
+    except (ValueError, TypeError) as e:
+        raise InputError(f"with init_from={s['init_from']}, the architecture settings describe no model: {e}")
+    if asked != shape_of(have):
+        raise InputError(f"the settings describe {asked[0]} but init_from={s['init_from']} holds "
+                         f"{shape_of(have)[0]}: the architecture comes from the model; drop the architecture "
+                         f"settings (or the config file that sets them; of those, only {', '.join(FREE)} may change)")
+    for k in ("block_size", "rope_theta", "norm_eps"):
         if sources.get(k, "").endswith(".py") and s[k] != have[k]:  # a file's value is not a choice for this model
             raise InputError(f"{sources[k]} sets {k}={s[k]!r} but init_from={s['init_from']} has {k}={have[k]!r}: "
                              f"to change it, ask with --{k}={s[k]!r}; else drop the config file")
-    s.update({k: v for k, v in have.items() if k not in sources or k not in FREE})
+    s.update({k: v for k, v in have.items() if k != "backend" and (k not in FREE or k not in sources)})
 
 
 def check(s, sources=None):
@@ -379,21 +382,19 @@ def build_model(s, resume_from, fsdp):
     if s["lora_rank"] and base is None:
         raise InputError("LoRA trains adapters on a pretrained model: set --init_from to a checkpoint or a Hugging "
                          "Face directory (or --lora_rank=0 to train from scratch)")
-    free = {k: s[k] for k in FREE}  # the model's, or what was asked for instead (model_settings)
-    if base is not None and not base_ours:  # Hugging Face or Meta, through hf.py (in full on the CPU)
-        loaded, _ = checkpoint.load_model(base, device="cpu", dtype=torch.float32)
-        with torch.device("meta"):
-            model = Transformer(dataclasses.replace(loaded.config, **free))
-        model.load_state_dict(loaded.state_dict(), assign=True)  # the same tensors, in modules built with `free`
-        return model.train(), base, None
-    known = resume_info or (checkpoint.read_info(base_ours) if base_ours else None)
-    if known:  # the architecture is the checkpoint's
-        config = dataclasses.replace(checkpoint.model_config(known), **free)
+    if resume_info:  # the run's own architecture, as it trained; only the kernel backend is ours to pick
+        config = dataclasses.replace(checkpoint.model_config(resume_info), backend=s["backend"])
+    elif base is not None:  # the model's, with the FREE settings model_settings left (a context only grows)
+        config = checkpoint.config_of(base)
+        config = dataclasses.replace(config, **{k: s[k] for k in FREE if k != "block_size"},
+                                     block_size=max(config.block_size, s["block_size"]))
     else:
         try:
             config = ModelConfig(**{k: s[k] for k in ARCH})
         except ValueError as e:
             raise InputError(f"the architecture settings describe no model: {e}")
+    if base is not None and not base_ours:  # Hugging Face or Meta, through hf.py (in full on the CPU)
+        return checkpoint.rebuilt(checkpoint.load_model(base, dtype=torch.float32)[0], config).train(), base, None
     torch.manual_seed(s["seed"])  # the initial weights are a function of the seed alone
     with torch.device("meta") if fsdp else nullcontext():
         return Transformer(config), base, base_ours
@@ -621,7 +622,9 @@ def start_model(settings, resume_from, meta, block_size, chat, fsdp, dev, rank, 
     s, master, device_type = SimpleNamespace(**settings), rank == 0, dev.split(":")[0]
     model, base, base_ours = build_model(settings, resume_from, fsdp)
     config = model.config
-    settings.update(dataclasses.asdict(config))  # the architecture actually trained is what is printed and saved
+    # the architecture actually trained is what is printed and saved (block_size: the windows asked for; the
+    # model's context is in its config)
+    settings.update({k: v for k, v in dataclasses.asdict(config).items() if k != "block_size"})
     if not fits(meta["vocab_size"], config.vocab_size):  # e.g. configs/elm_270m.py on the demo's 8192-piece data
         fix = (f"set --vocab_size={meta['vocab_size']}, or prepare data with the tokenizer of the model's vocabulary "
                "(python prepare.py --tokenizer=...) and pass its --data_dir") if s.init_from == "scratch" else \
@@ -629,7 +632,9 @@ def start_model(settings, resume_from, meta, block_size, chat, fsdp, dev, rank, 
         raise InputError(f"{s.data_dir}'s tokenizer has {meta['vocab_size']} tokens but the model has "
                          f"vocab_size={config.vocab_size}: {fix}")
     if block_size > config.block_size:
-        fix = f"prepare the data with --seq_len={config.block_size} or less" if chat else f"set --block_size={config.block_size}"
+        fix = (f"prepare the data with --seq_len={config.block_size} or less" + (
+            f", or extend the model's context with --block_size={block_size}" if s.init_from != "scratch" else "")
+            if chat else f"set --block_size={config.block_size}")
         raise InputError(f"training sequences of {block_size} tokens are longer than the model's context "
                          f"({config.block_size}): {fix}")
     if master:

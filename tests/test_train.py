@@ -208,11 +208,12 @@ def test_finetune_from_our_checkpoint(tmp_path, data):
                                          r"but init_from=.*pre holds 2 layers x 32 \(vocab 64, query heads 4, FFN "
                                          r"64\): the architecture comes from the model"):
         run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=7))
-    with pytest.raises(InputError, match=r"the settings describe no model but init_from=.*pre holds 2 layers"):
-        run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_embd=100))  # 12 heads do not divide
+    with pytest.raises(InputError, match=r"with init_from=.*pre, the architecture settings describe no model: "
+                                         r"head_dim must be even for RoPE, got 25"):
+        run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_embd=100))  # 4 heads of 25
     with pytest.raises(InputError, match=r"the settings describe 12 layers"):  # asked for, though it is the default
         run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=12))
-    with pytest.raises(InputError, match=r"the settings describe no model.*only block_size, rope_theta"):
+    with pytest.raises(InputError, match=r"describe no model: norm_eps=0.0 must be above 0"):
         run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, norm_eps=0.0))
     ft = run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1))  # the model's architecture holds
     model, _ = checkpoint.load_model(str(tmp_path / "ft"))
@@ -220,15 +221,28 @@ def test_finetune_from_our_checkpoint(tmp_path, data):
     assert len(model.layers) == TINY["n_layer"] and info["step"] == 1
     assert info["settings"]["n_layer"] == TINY["n_layer"]  # the architecture trained, not the settings' defaults
     assert ft[0]["loss"] < run(**base(tmp_path, data, "fresh", max_iters=1))[0]["loss"]  # starts from trained weights
-    # what no weight's shape depends on may change, and is what the checkpoint records and a resume keeps
+    # what no weight's shape depends on may change, and is what the checkpoint records and a resume keeps;
+    # shorter windows keep the model's context, longer ones extend it
+    def trained(name):
+        return checkpoint.read_info(checkpoint.latest(str(tmp_path / name)))
+
     free = dict(block_size=16, rope_theta=500.0, norm_eps=1e-3, z_loss=0.5, backend="eager")
     run(**base(tmp_path, data, "free", init_from=s["out_dir"], max_iters=1, **free))
-    info = checkpoint.read_info(checkpoint.latest(str(tmp_path / "free")))
-    assert {k: info["settings"][k] for k in free} == free and info["model_config"]["block_size"] == 16
+    info = trained("free")
+    assert {k: info["settings"][k] for k in free} == free and info["model_config"]["block_size"] == TINY["block_size"]
     model, _ = checkpoint.load_model(str(tmp_path / "free"))
-    assert model.layers[0].attn_norm.eps == 1e-3 and model.config.z_loss == 0.5
+    assert model.layers[0].attn_norm.eps == 1e-3 and model.config.z_loss == 0.5 and model.config.rope_theta == 500
+    assert model.config.backend == "auto"  # the kernels are the loader's choice
     run(**base(tmp_path, data, "free", init_from="resume", max_iters=2, **free))
-    assert checkpoint.read_info(checkpoint.latest(str(tmp_path / "free")))["step"] == 2
+    assert trained("free")["step"] == 2
+    run(**base(tmp_path, data, "long", init_from=s["out_dir"], max_iters=1, block_size=2 * TINY["block_size"]))
+    assert trained("long")["model_config"]["block_size"] == 2 * TINY["block_size"]
+    kw = base(tmp_path, data, "plain", init_from=str(tmp_path / "free"), max_iters=1)
+    run(**{k: v for k, v in kw.items() if k != "block_size"})  # the model's context, the run's own backend
+    assert trained("plain")["settings"]["block_size"] == TINY["block_size"]
+    assert trained("plain")["settings"]["backend"] == "auto" and trained("plain")["settings"]["norm_eps"] == 1e-3
+    run(**base(tmp_path, data, "lora", init_from=s["out_dir"], max_iters=1, lora_rank=2, norm_eps=0.25))
+    assert checkpoint.load_model(str(tmp_path / "lora"))[0].norm.eps == 0.25  # merged into the base, then rebuilt
     (tmp_path / "cfg.py").write_text("norm_eps = 1e-5\n")  # a config file's value is not a choice for this model
     import train
     with pytest.raises(InputError, match=r"cfg.py sets norm_eps=1e-05 but init_from=.*pre has norm_eps=1e-06: to "
