@@ -175,9 +175,9 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
         if flash_attention.supported(q, k, v) and _triton_ok("attention", dtype, q.device,
                                                              (q.shape[-1], q.shape[1] // k.shape[1])):
             return flash_attention.attention(q, k, v, causal=causal)
-    if backend == "auto" and mask is None and _math_pays(q, k, v, causal):  # bf16, or autocast to it: cast as
-        bf16 = torch.bfloat16                                                # autocast casts SDPA's inputs
-        return attention_math(q.to(bf16), k.to(bf16), v.to(bf16), causal)
+    if backend == "auto" and mask is None and _math_pays(q, k, v, causal):
+        # bf16, or autocast to it: the inputs cast as autocast casts SDPA's
+        return attention_math(*(t.to(torch.bfloat16) for t in (q, k, v)), causal)
     return attention_sdpa(q, k, v, causal, mask)
 
 
