@@ -129,11 +129,16 @@ def settings_for(argv, sources):
 def resume_settings(s, sources):
     """(settings, checkpoint to resume from or None). On --init_from=resume the checkpoint's settings hold instead
     of the defaults: an explicit --key=value that differs from them is taken and printed (old -> new), a config
-    file that differs is refused, and the architecture never changes (only the kernel backend may)."""
+    file that differs is refused, and the architecture never changes (only the kernel backend and z_loss may).
+    A new run (scratch or finetune) needs an out_dir of its own: not another run's, its base's, or a data folder."""
     if s["init_from"] != "resume":
-        if s["init_from"] == "scratch" and checkpoint.step_folders(s["out_dir"]):
+        if checkpoint.step_folders(s["out_dir"]):
             raise InputError(f"{s['out_dir']} already holds checkpoints: continue with --init_from=resume, or use "
                              "another --out_dir (or delete it)")
+        held = next((f for f in ("meta.json", "train.json", "config.json") if os.path.isfile(os.path.join(s["out_dir"], f))), None)
+        if held:
+            raise InputError(f"{s['out_dir']} holds {held}: {'prepared data' if held == 'meta.json' else 'a model'}, "
+                             "which a run's checkpoints would mix with: use another --out_dir")
         return s, None
     if s["resume_step"]:
         resume_from = checkpoint.step_dir(s["out_dir"], s["resume_step"])
@@ -153,7 +158,7 @@ def resume_settings(s, sources):
             continue
         if k not in sources:
             s[k] = was
-        elif k in ARCH and k != "backend" or k in ("lora_rank", "lora_alpha", "lora_targets"):
+        elif k in ARCH and k not in ("backend", "z_loss") or k in ("lora_rank", "lora_alpha", "lora_targets"):
             raise InputError(f"{sources[k]} asks for {k}={s[k]!r}, but {resume_from} was trained with {k}={was!r}: a "
                              "resumed run keeps its architecture and adapters (start a new --out_dir to change them)")
         elif sources[k].endswith(".py"):
@@ -190,6 +195,10 @@ def model_settings(s, sources, resume_from):
         if sources.get(k, "").endswith(".py") and s[k] != have[k]:  # a file's value is not a choice for this model
             raise InputError(f"{sources[k]} sets {k}={s[k]!r} but init_from={s['init_from']} has {k}={have[k]!r}: "
                              f"to change it, ask with --{k}={s[k]!r}; else drop the config file")
+    unused = [k for k in ARCH if k in sources and k not in FREE and s[k] != have[k]]  # no shape they change
+    if unused and os.environ.get("RANK", "0") == "0":  # e.g. n_head under layer-wise scaling; init for loaded weights
+        print(f"note: {', '.join(f'{k}={s[k]!r}' for k in unused)} {'changes' if len(unused) == 1 else 'change'} "
+              f"nothing in init_from's model: it keeps {', '.join(f'{k}={have[k]!r}' for k in unused)}")
     s.update({k: v for k, v in have.items() if k != "backend" and (k not in FREE or k not in sources)})
 
 
@@ -382,8 +391,8 @@ def build_model(s, resume_from, fsdp):
     if s["lora_rank"] and base is None:
         raise InputError("LoRA trains adapters on a pretrained model: set --init_from to a checkpoint or a Hugging "
                          "Face directory (or --lora_rank=0 to train from scratch)")
-    if resume_info:  # the run's own architecture, as it trained; only the kernel backend is ours to pick
-        config = dataclasses.replace(checkpoint.model_config(resume_info), backend=s["backend"])
+    if resume_info:  # the run's own architecture, as it trained; the kernel backend and z_loss are ours to pick
+        config = dataclasses.replace(checkpoint.model_config(resume_info), backend=s["backend"], z_loss=s["z_loss"])
     elif base is not None:  # the model's, with the FREE settings model_settings left (a context only grows)
         config = checkpoint.config_of(base)
         config = dataclasses.replace(config, **{k: s[k] for k in FREE if k != "block_size"},
@@ -612,7 +621,8 @@ def shape_of(config):
         return None
     dims = c.layer_dims()
     heads, ffn = ([d[i] for d in dims] if len({d[i] for d in dims}) > 1 else dims[0][i] for i in (0, 2))
-    return (f"{c.n_layer} layers x {c.n_embd} (vocab {c.vocab_size}, query heads {heads}, FFN {ffn})",
+    return (f"{c.n_layer} layers x {c.n_embd} (vocab {c.vocab_size}, query heads {heads}, FFN {ffn}"
+            f"{', QK-norm' if c.qk_norm else ''}{', tied embeddings' if c.tie_embeddings else ''})",
             (c.vocab_size, c.n_embd, c.dim_head, tuple(dims), c.qk_norm, c.tie_embeddings))
 
 
@@ -631,12 +641,11 @@ def start_model(settings, resume_from, meta, block_size, chat, fsdp, dev, rank, 
             "prepare the data with the model's own tokenizer (python prepare.py --tokenizer=...) and pass its --data_dir"
         raise InputError(f"{s.data_dir}'s tokenizer has {meta['vocab_size']} tokens but the model has "
                          f"vocab_size={config.vocab_size}: {fix}")
-    if block_size > config.block_size:
-        fix = (f"prepare the data with --seq_len={config.block_size} or less" + (
-            f", or extend the model's context with --block_size={block_size}" if s.init_from != "scratch" else "")
-            if chat else f"set --block_size={config.block_size}")
-        raise InputError(f"training sequences of {block_size} tokens are longer than the model's context "
-                         f"({config.block_size}): {fix}")
+    if block_size > s.block_size:  # chat rows: their length is prepare.py's seq_len (windows are block_size)
+        extends = " (which extends the model's context)" if s.init_from != "scratch" else ""
+        raise InputError(f"the chat rows of {s.data_dir} are {block_size} tokens, longer than block_size="
+                         f"{s.block_size}: prepare the data with --seq_len={s.block_size} or less, or raise "
+                         f"--block_size to {block_size}{extends}")
     if master:
         os.makedirs(s.out_dir, exist_ok=True)
         configurator.print_settings(settings)
@@ -690,6 +699,7 @@ def train(settings, resume_from):
                             ("lr_decay_iters", schedule["lr_decay_iters"], "epochs")):
         if got != settings[name] and settings[name] != globals()[name] and master:  # a count the user had set
             print(f"note: {rule}={settings[rule]} sets {name}={got} (not the {settings[name]} of the settings)")
+    settings.update(max_iters=max_iters, warmup_iters=schedule["warmup_iters"], lr_decay_iters=schedule["lr_decay_iters"])
     if s.min_lr > s.learning_rate and master:  # a finetune's lower --learning_rate under a recipe's min_lr, say
         print(f"note: min_lr={s.min_lr} is above learning_rate={s.learning_rate}: the schedule rises to min_lr; set "
               "--min_lr to decay")

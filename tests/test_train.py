@@ -201,7 +201,7 @@ def test_checkpoint_is_self_contained_with_tokenizer(tmp_path):
     assert os.path.isfile(os.path.join(checkpoint.latest(s["out_dir"]), "tokenizer.model"))
 
 
-def test_finetune_from_our_checkpoint(tmp_path, data):
+def test_finetune_from_our_checkpoint(tmp_path, data, capsys):
     s = base(tmp_path, data, "pre", max_iters=6)
     run(**s)
     with pytest.raises(InputError, match=r"the settings describe 7 layers x 32 \(vocab 64, query heads 4, FFN 64\) "
@@ -233,15 +233,19 @@ def test_finetune_from_our_checkpoint(tmp_path, data):
     model, _ = checkpoint.load_model(str(tmp_path / "free"))
     assert model.layers[0].attn_norm.eps == 1e-3 and model.config.z_loss == 0.5 and model.config.rope_theta == 500
     assert model.config.backend == "auto"  # the kernels are the loader's choice
-    run(**base(tmp_path, data, "free", init_from="resume", max_iters=2, **free))
-    assert trained("free")["step"] == 2
+    run(**base(tmp_path, data, "free", init_from="resume", max_iters=2, **{**free, "z_loss": 0.25}))  # a loss term
+    assert trained("free")["step"] == 2 and trained("free")["model_config"]["z_loss"] == 0.25
+    with pytest.raises(InputError, match=r"already holds checkpoints"):  # a finetune into its own base's folder
+        run(**base(tmp_path, data, "free", init_from=str(tmp_path / "free"), max_iters=3))
     run(**base(tmp_path, data, "long", init_from=s["out_dir"], max_iters=1, block_size=2 * TINY["block_size"]))
     assert trained("long")["model_config"]["block_size"] == 2 * TINY["block_size"]
     kw = base(tmp_path, data, "plain", init_from=str(tmp_path / "free"), max_iters=1)
     run(**{k: v for k, v in kw.items() if k != "block_size"})  # the model's context, the run's own backend
     assert trained("plain")["settings"]["block_size"] == TINY["block_size"]
     assert trained("plain")["settings"]["backend"] == "auto" and trained("plain")["settings"]["norm_eps"] == 1e-3
-    run(**base(tmp_path, data, "lora", init_from=s["out_dir"], max_iters=1, lora_rank=2, norm_eps=0.25))
+    capsys.readouterr()
+    run(**base(tmp_path, data, "lora", init_from=s["out_dir"], max_iters=1, lora_rank=2, norm_eps=0.25, init_std=0.5))
+    assert "note: init_std=0.5 changes nothing in init_from's model: it keeps init_std=0.02" in capsys.readouterr().out
     assert checkpoint.load_model(str(tmp_path / "lora"))[0].norm.eps == 0.25  # merged into the base, then rebuilt
     (tmp_path / "cfg.py").write_text("norm_eps = 1e-5\n")  # a config file's value is not a choice for this model
     import train
@@ -373,6 +377,11 @@ def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path, capsys):
     out = capsys.readouterr().out  # the step counts given (base's 4, 2 and 8) are replaced, and the run says so
     assert ("note: epochs=3.0 sets max_iters=8 (not the 4 of the settings)" in out and
             "note: warmup_ratio=0.2 sets warmup_iters=2" not in out)  # 2 either way: no note
+    saved = checkpoint.read_info(checkpoint.latest(str(tmp_path / "ep")))["settings"]  # the counts that trained
+    assert (saved["max_iters"], saved["warmup_iters"], saved["lr_decay_iters"]) == (8, 2, 8)
+    with pytest.raises(InputError, match=r"the chat rows of .*rows are 8 tokens, longer than block_size=4: prepare "
+                                         r"the data with --seq_len=4 or less, or raise --block_size to 8$"):
+        run(**base(tmp_path, str(d), "short", epochs=1.0, block_size=4))
     with pytest.raises(InputError, match="--epochs needs chat"):  # a token stream has no epochs to count
         train.schedule_of(train.SimpleNamespace(**{**train.settings_for([], {}), "epochs": 1.0}), None)
 
