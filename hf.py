@@ -114,13 +114,20 @@ def load_config(path):
         raise InputError(f"{where} has model_type {kind!r}: nanoELM reads 'openelm' (apple/OpenELM-*) and 'llama' "
                          "(Llama, OpenLLaMA) checkpoints")
     try:
-        return _openelm_config(cfg, where) if kind == "openelm" else _llama_config(cfg, where)
+        config = _openelm_config(cfg, where) if kind == "openelm" else _llama_config(cfg, where)
     except KeyError as e:
         raise InputError(f"{where} lacks the field {e.args[0]!r} that a {kind} config.json has: download it again")
     except InputError:
         raise
     except (ValueError, TypeError) as e:  # ModelConfig's own checks
         raise InputError(f"{where} describes no model nanoELM can build: {e}")
+    if kind == "openelm" and not config.tie_embeddings and cfg.get("tie_word_embeddings", True) and any(
+            os.path.isfile(os.path.join(path, f)) for f in ("model.safetensors", "model.safetensors.index.json",
+                                                           "pytorch_model.bin", "pytorch_model.bin.index.json")):
+        # transformers' tie_word_embeddings defaults to true: Apple's code then ties lm_head to the embedding, and a
+        # file saved that way has no lm_head of its own (the weights' names decide; a bare config.json cannot)
+        config = dataclasses.replace(config, tie_embeddings="lm_head.weight" not in _tensor_names(_weight_files(path)))
+    return config
 
 
 def _openelm_config(c, where):
@@ -320,11 +327,6 @@ def load_model(path, device="cpu", dtype=None):
                              f"full-precision weights; {fix}")
         files = _weight_files(path)
         table = OPENELM if cfg["model_type"] == "openelm" else LLAMA
-        if (table is OPENELM and not config.tie_embeddings and cfg.get("tie_word_embeddings", True)
-                and "lm_head.weight" not in _tensor_names(files)):
-            # transformers' tie_word_embeddings defaults to true: Apple's code then ties lm_head to the embedding,
-            # and a file saved that way has no lm_head of its own
-            config = dataclasses.replace(config, tie_embeddings=True)
         tensors = ((f, k, v) for f in files for k, v in _read_file(f))
         dtype = dtype or cfg.get("torch_dtype") or cfg.get("dtype")  # the stored dtype, unless asked otherwise
     dtype = torch_dtype(dtype, f"{path}'s torch_dtype") if dtype is not None else None

@@ -126,19 +126,23 @@ def settings_for(argv, sources):
     return configurator.configure({k: globals()[k] for k in SETTINGS} | {"__file__": __file__}, argv, sources)
 
 
+def refuse_taken(out_dir):
+    """A new run (scratch or finetune) needs an out_dir of its own: not another run's (or its own base's, which its
+    checkpoints would replace), a data folder or a model's."""
+    if checkpoint.step_folders(out_dir):
+        raise InputError(f"{out_dir} already holds checkpoints: continue with --init_from=resume, or use another "
+                         "--out_dir (or delete it)")
+    held = next((f for f in ("meta.json", "train.json", "config.json") if os.path.isfile(os.path.join(out_dir, f))), None)
+    if held:
+        raise InputError(f"{out_dir} holds {held}: {'prepared data' if held == 'meta.json' else 'a model'}, which a "
+                         "run's checkpoints would mix with: use another --out_dir")
+
+
 def resume_settings(s, sources):
     """(settings, checkpoint to resume from or None). On --init_from=resume the checkpoint's settings hold instead
     of the defaults: an explicit --key=value that differs from them is taken and printed (old -> new), a config
-    file that differs is refused, and the architecture never changes (only the kernel backend and z_loss may).
-    A new run (scratch or finetune) needs an out_dir of its own: not another run's, its base's, or a data folder."""
+    file that differs is refused, and the architecture never changes (only the kernel backend and z_loss may)."""
     if s["init_from"] != "resume":
-        if checkpoint.step_folders(s["out_dir"]):
-            raise InputError(f"{s['out_dir']} already holds checkpoints: continue with --init_from=resume, or use "
-                             "another --out_dir (or delete it)")
-        held = next((f for f in ("meta.json", "train.json", "config.json") if os.path.isfile(os.path.join(s["out_dir"], f))), None)
-        if held:
-            raise InputError(f"{s['out_dir']} holds {held}: {'prepared data' if held == 'meta.json' else 'a model'}, "
-                             "which a run's checkpoints would mix with: use another --out_dir")
         return s, None
     if s["resume_step"]:
         resume_from = checkpoint.step_dir(s["out_dir"], s["resume_step"])
@@ -152,9 +156,12 @@ def resume_settings(s, sources):
         raise InputError(f"--init_from=resume but {s['out_dir']} holds no checkpoint: train from scratch first, or "
                          "fix --out_dir")
     old = checkpoint.read_info(resume_from)["settings"]
+    # step counts that epochs or warmup_ratio set (schedule_of) are saved as computed and computed again
+    derived = (("max_iters", "lr_decay_iters") if old.get("epochs", 0) > 0 else ()) + \
+        (("warmup_iters",) if old.get("warmup_ratio", 0) > 0 else ())
     for k, was in old.items():
         was = tuple(was) if isinstance(was, list) else was  # JSON turned tuples into lists
-        if k not in s or k in ("init_from", "out_dir", "resume_step") or was == s[k]:
+        if k not in s or k in ("init_from", "out_dir", "resume_step", *derived) or was == s[k]:
             continue
         if k not in sources:
             s[k] = was
@@ -195,7 +202,8 @@ def model_settings(s, sources, resume_from):
         if sources.get(k, "").endswith(".py") and s[k] != have[k]:  # a file's value is not a choice for this model
             raise InputError(f"{sources[k]} sets {k}={s[k]!r} but init_from={s['init_from']} has {k}={have[k]!r}: "
                              f"to change it, ask with --{k}={s[k]!r}; else drop the config file")
-    unused = [k for k in ARCH if k in sources and k not in FREE and s[k] != have[k]]  # no shape they change
+    respelt = ("qkv_multipliers", "ffn_multipliers") if have["qkv_multipliers"] is not None else ()  # a pair, a list
+    unused = [k for k in ARCH if k in sources and k not in (*FREE, *respelt) and s[k] != have[k]]  # no shape changes
     if unused and os.environ.get("RANK", "0") == "0":  # e.g. n_head under layer-wise scaling; init for loaded weights
         print(f"note: {', '.join(f'{k}={s[k]!r}' for k in unused)} {'changes' if len(unused) == 1 else 'change'} "
               f"nothing in init_from's model: it keeps {', '.join(f'{k}={have[k]!r}' for k in unused)}")
@@ -589,6 +597,8 @@ def main(argv):
     master = os.environ.get("RANK", "0") == "0"
     if master and settings["log_file"]:
         files.check_output(settings["log_file"], "log_file", atomic=False)  # appended to: a pipe or a link will do
+    if settings["init_from"] != "resume":  # before the lock goes into it
+        refuse_taken(settings["out_dir"])
     with files.sole_writer(settings["out_dir"], "out_dir") if master else nullcontext():
         if master:
             checkpoint.clean(settings["out_dir"])
@@ -642,10 +652,10 @@ def start_model(settings, resume_from, meta, block_size, chat, fsdp, dev, rank, 
         raise InputError(f"{s.data_dir}'s tokenizer has {meta['vocab_size']} tokens but the model has "
                          f"vocab_size={config.vocab_size}: {fix}")
     if block_size > s.block_size:  # chat rows: their length is prepare.py's seq_len (windows are block_size)
-        extends = " (which extends the model's context)" if s.init_from != "scratch" else ""
         raise InputError(f"the chat rows of {s.data_dir} are {block_size} tokens, longer than block_size="
-                         f"{s.block_size}: prepare the data with --seq_len={s.block_size} or less, or raise "
-                         f"--block_size to {block_size}{extends}")
+                         f"{s.block_size}: prepare the data with --seq_len={s.block_size} or less" + (
+                             "" if resume_from else f", or raise --block_size to {block_size}" + (
+                                 " (which extends the model's context)" if s.init_from != "scratch" else "")))
     if master:
         os.makedirs(s.out_dir, exist_ok=True)
         configurator.print_settings(settings)

@@ -412,6 +412,7 @@ def test_untied_openelm_as_apples_code_saves_it(tmp_path):
     (tmp_path / "untied" / "config.json").write_text(json.dumps(cfg))
     tied = hf.load_model(tmp_path / "untied")
     assert tied.config.tie_embeddings and torch.equal(tied.tok_embeddings.weight, ours.tok_embeddings.weight)
+    assert hf.load_config(tmp_path / "untied") == tied.config  # what train.py reads before loading agrees
 
 
 # ----------------------------------------------------------------------------- the scripts

@@ -323,7 +323,7 @@ def test_hugging_face_directory_loads_and_finetunes(tmp_path, data):
     assert checkpoint.load_model(str(tmp_path / "hf_eps"))[0].norm.eps == 0.5 and losses(log) != losses(ref)
 
 
-def test_resume_of_a_finetune_keeps_the_imported_architecture(tmp_path, data):
+def test_resume_of_a_finetune_keeps_the_imported_architecture(tmp_path, data, capsys):
     # the settings' defaults are LLaMA-shaped, the imported model is TINY_ELM's: a resume must rebuild the latter
     import hf
     from model import ModelConfig, Transformer
@@ -335,6 +335,17 @@ def test_resume_of_a_finetune_keeps_the_imported_architecture(tmp_path, data):
     resumed = [json.loads(line) for line in open(tmp_path / "ft2.jsonl")]
     assert losses(resumed) == losses(straight)[2:]
     assert checkpoint.load_model(s["out_dir"])[0].config.qk_norm
+    # settings that change nothing get a note; the model's multipliers spelt another way (the export keeps per-layer
+    # lists, a recipe has the pair) are not that
+    import train
+    assert hf.load_config(tmp_path / "hf_elm").ffn_multipliers != TINY_ELM["ffn_multipliers"]
+    sources = {}
+    settings = train.settings_for(args(init_from=str(tmp_path / "hf_elm"), n_head=6,
+                                       ffn_multipliers=TINY_ELM["ffn_multipliers"]), sources)
+    capsys.readouterr()
+    train.model_settings(settings, sources, None)
+    out = capsys.readouterr().out
+    assert "note: n_head=6 changes nothing in init_from's model: it keeps n_head=12" in out and "multipliers" not in out
 
 
 def test_chat_rows_visit_every_row_once_per_epoch_and_mask_targets():
@@ -379,6 +390,9 @@ def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path, capsys):
             "note: warmup_ratio=0.2 sets warmup_iters=2" not in out)  # 2 either way: no note
     saved = checkpoint.read_info(checkpoint.latest(str(tmp_path / "ep")))["settings"]  # the counts that trained
     assert (saved["max_iters"], saved["warmup_iters"], saved["lr_decay_iters"]) == (8, 2, 8)
+    (tmp_path / "ep.py").write_text("max_iters = 4\nwarmup_iters = 2\nlr_decay_iters = 8\n")  # base()'s counts
+    train.main([str(tmp_path / "ep.py"), *args(init_from="resume", out_dir=str(tmp_path / "ep"), epochs=6.0)])
+    assert checkpoint.read_info(checkpoint.latest(str(tmp_path / "ep")))["step"] == 15  # ceil(6 * 10 / 4)
     with pytest.raises(InputError, match=r"the chat rows of .*rows are 8 tokens, longer than block_size=4: prepare "
                                          r"the data with --seq_len=4 or less, or raise --block_size to 8$"):
         run(**base(tmp_path, str(d), "short", epochs=1.0, block_size=4))
