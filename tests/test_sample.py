@@ -66,6 +66,21 @@ def chi_square_pvalue(counts, expected):
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0), stat / 2))
 
 
+def test_sample_draws_each_row_from_its_distribution():
+    """Rows with zeros at both ends and inside (top-k's masked tokens): never drawn; the rest at their frequencies."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.15, 0.05, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                          [0.2, 0.0, 0.0, 0.0, 0.0, 0.8, 0.0]])
+    N = 20000
+    counts = torch.zeros_like(probs)
+    for _ in range(N // 1000):
+        draws = sample.sample(probs.repeat_interleave(1000, 0), g).view(3, 1000)
+        counts += torch.nn.functional.one_hot(draws, 7).sum(1)
+    assert counts[1, 6] == N  # all the mass on the last token
+    for row in (0, 2):
+        assert chi_square_pvalue(counts[row], N * probs[row]) > 1e-3
+
+
 def test_accept_rule_preserves_the_target_distribution():
     g = torch.Generator().manual_seed(0)
     V, n, N = 6, 3, 20000
