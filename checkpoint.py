@@ -96,6 +96,16 @@ def missing(path):
     return None
 
 
+def occupant(folder):
+    """What a folder already holds that a new output written into it would mix with, or None: "checkpoints" (step
+    folders, or a step folder itself), "prepared data" (meta.json) or "a model" (Hugging Face's or Meta's)."""
+    if step_folders(folder) or os.path.isfile(os.path.join(folder, "train.json")):
+        return "checkpoints"
+    if os.path.isfile(os.path.join(folder, "meta.json")):
+        return "prepared data"
+    return "a model" if hf.is_hf_dir(folder) else None
+
+
 def step_folders(out_dir):
     """The step_* folders of a run directory, newest first."""
     if not os.path.isdir(out_dir):
@@ -374,7 +384,7 @@ def load_model(path, device="cpu", dtype=None, tokenizer="", need_tokenizer=Fals
     model is refused in one place."""
     model, tok = _load(str(path), device, dtype)
     bad = next((k for k, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
-    if bad:  # else sampling dies in multinomial and training blames its learning rate
+    if bad:  # else sampling draws garbage and training blames its learning rate
         raise InputError(f"{path}: the weight {bad} holds NaN or inf: these weights are damaged (or were saved after a "
                          "divergence); load another checkpoint")
     if tokenizer:

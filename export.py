@@ -8,7 +8,6 @@ The formats themselves are hf.py's (save_model writes LlamaForCausalLM or the Hu
 loads through checkpoint.load_model, so a run, a step folder, a LoRA run (merged), a Hugging Face or a Meta
 directory all work.
 """
-import os
 import sys
 
 import configurator
@@ -45,8 +44,8 @@ def main(argv):
         raise InputError(f"max_shard_gb={max_shard_gb} must be above 0")
     if out:
         check_output(out, "out", folder=True)  # before the (long) load
-        if checkpoint.is_checkpoint(out) or checkpoint.step_folders(out) or os.path.isfile(os.path.join(out, "meta.json")):
-            raise InputError(f"out={out} holds our checkpoints or prepared data: export to a folder of its own "
+        if checkpoint.occupant(out) in ("checkpoints", "prepared data"):  # an earlier export may be replaced
+            raise InputError(f"out={out} holds {checkpoint.occupant(out)}: export to a folder of its own "
                              "(--out=hf/<name>)")
     model, tok = checkpoint.load_model(init_from, tokenizer=tokenizer)
     if out:

@@ -129,13 +129,12 @@ def settings_for(argv, sources):
 def refuse_taken(out_dir):
     """A new run (scratch or finetune) needs an out_dir of its own: not another run's (or its own base's, which its
     checkpoints would replace), a data folder or a model's."""
-    if checkpoint.step_folders(out_dir):
+    held = checkpoint.occupant(out_dir)
+    if held == "checkpoints":
         raise InputError(f"{out_dir} already holds checkpoints: continue with --init_from=resume, or use another "
                          "--out_dir (or delete it)")
-    held = next((f for f in ("meta.json", "train.json", "config.json") if os.path.isfile(os.path.join(out_dir, f))), None)
     if held:
-        raise InputError(f"{out_dir} holds {held}: {'prepared data' if held == 'meta.json' else 'a model'}, which a "
-                         "run's checkpoints would mix with: use another --out_dir")
+        raise InputError(f"{out_dir} holds {held}, which a run's checkpoints would mix with: use another --out_dir")
 
 
 def resume_settings(s, sources):
@@ -189,14 +188,15 @@ def model_settings(s, sources, resume_from):
     of the architecture becomes the model's, so what is printed and saved is what trains."""
     if resume_from or s["init_from"] in ("scratch", "resume"):
         return
-    have = dataclasses.asdict(checkpoint.config_of(s["init_from"]))
+    model = checkpoint.config_of(s["init_from"])
+    have = dataclasses.asdict(model)
     try:
         asked = shape_of(ModelConfig(**{**have, **{k: s[k] for k in ARCH if k in sources}}))
     except (ValueError, TypeError) as e:
         raise InputError(f"with init_from={s['init_from']}, the architecture settings describe no model: {e}")
-    if asked != shape_of(have):
+    if asked != shape_of(model):
         raise InputError(f"the settings describe {asked[0]} but init_from={s['init_from']} holds "
-                         f"{shape_of(have)[0]}: the architecture comes from the model; drop the architecture "
+                         f"{shape_of(model)[0]}: the architecture comes from the model; drop the architecture "
                          f"settings (or the config file that sets them; of those, only {', '.join(FREE)} may change)")
     for k in ("block_size", "rope_theta", "norm_eps"):
         if sources.get(k, "").endswith(".py") and s[k] != have[k]:  # a file's value is not a choice for this model
@@ -622,13 +622,9 @@ def schedule_of(s, chat_rows):
                            warmup_init_lr=s.warmup_init_lr, lr_decay_iters=lr_decay_iters, lr_schedule=s.lr_schedule)
 
 
-def shape_of(config):
-    """(a description, the weights' shapes) of a ModelConfig or of architecture settings; None for settings that
-    describe no model. Two spellings of one model (a multiplier pair and its per-layer list) compare equal."""
-    try:
-        c = config if isinstance(config, ModelConfig) else ModelConfig(**config)
-    except (ValueError, TypeError):
-        return None
+def shape_of(c):
+    """(a description, the weights' shapes) of a ModelConfig. Two spellings of one model (a multiplier pair and its
+    per-layer list) compare equal."""
     dims = c.layer_dims()
     heads, ffn = ([d[i] for d in dims] if len({d[i] for d in dims}) > 1 else dims[0][i] for i in (0, 2))
     return (f"{c.n_layer} layers x {c.n_embd} (vocab {c.vocab_size}, query heads {heads}, FFN {ffn}"

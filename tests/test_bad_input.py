@@ -128,7 +128,8 @@ def test_train_refuses_bad_input(world, tmp_path):
         ([f"--out_dir={w['run']}", f"--data_dir={w['data']}"], "already holds checkpoints"),
         ([f"--init_from={w['run']}", f"--out_dir={w['run']}", f"--data_dir={w['data']}"], "already holds checkpoints"),
         ([f"--init_from={w['run']}", f"--out_dir={w['data']}", f"--data_dir={w['data']}"],
-         "holds meta.json: prepared data, which a run's checkpoints would mix with: use another --out_dir"),
+         "holds prepared data, which a run's checkpoints would mix with: use another --out_dir"),
+        ([f"--init_from={w['run']}", f"--out_dir={w['hf']}", f"--data_dir={w['data']}"], "holds a model, which a run's"),
         (common + ["--n_layer=0"], "n_layer=0 must be at least 1"),
         (common + ["--n_embd=0"], "n_embd=0 must be at least 1"),
         (common + ["--norm_eps=-1.0"], "norm_eps=-1.0 must be above 0"),
@@ -360,8 +361,8 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
         ([f"--init_from={world['data']}"], "holds no checkpoint"),
         ([f"--init_from={world['run']}", f"--out={tmp_path / 'e'}", "--dtype=bf16"], "dtype='bf16': use float32 or"),
         ([f"--init_from={world['run']}", f"--out={tmp_path / 'e'}", "--max_shard_gb=0.0"], "max_shard_gb=0.0 must be"),
-        ([f"--init_from={world['run']}", f"--out={world['run']}"], "holds our checkpoints"),
-        ([f"--init_from={world['run']}", f"--out={world['data']}"], "holds our checkpoints or prepared data"),
+        ([f"--init_from={world['run']}", f"--out={world['run']}"], "holds checkpoints: export to a folder of its own"),
+        ([f"--init_from={world['run']}", f"--out={world['data']}"], "holds prepared data: export to a folder of its own"),
     ]
     assert_refused("export", cases, world["root"])
     cases = [
