@@ -13,6 +13,7 @@ FLOPs of attention: forward 4 * B * Hq * Tq * Tk * D, halved when causal, backwa
 convention), GQA counted by query heads. Numbers are printed, never asserted. On a CPU (the interpreter) the same
 code runs on tiny shapes, for the code path, not the numbers.
 """
+import itertools
 import statistics
 import sys
 import time
@@ -345,10 +346,10 @@ def bench_ops(B=8, T=256, V=8192):
         ("SwiGLU, 8x256x(2x1536) fp32", "ours: kernels.SwiGLUTorch"): timed(kernels.SwiGLUTorch.apply, gate_up),
         ("SwiGLU, 8x256x(2x1536) fp32", "autograd through kernels.swiglu_eager"): timed(kernels.swiglu_eager, gate_up),
     }
-    for T in (128, 256, 512, 1024):  # the model's q, k, v: views of one (B, T, 8 + 2 + 2, 64) projection
-        qkv = torch.randn(2048 // T, T, 12, 64, generator=g).bfloat16()
+    for dtype, T in itertools.product((torch.bfloat16, torch.float32), (128, 256, 512, 1024)):
+        qkv = torch.randn(2048 // T, T, 12, 64, generator=g).to(dtype)  # the model's q, k, v: views of one projection
         heads = lambda fn: lambda x: fn(*(t.transpose(1, 2) for t in x.split([8, 2, 2], 2)), True)  # noqa: E731
-        op = f"causal attention, {2048 // T}x{T} tokens, 8/2 heads of 64, bf16"
+        op = f"causal attention, {2048 // T}x{T} tokens, 8/2 heads of 64, {str(dtype)[6:]}"
         cases[(op, "ours: kernels.attention_math")] = timed(heads(kernels.attention_math), qkv)
         cases[(op, "SDPA (nanoGPT, transformers)")] = timed(heads(kernels.attention_sdpa), qkv)
     secs = interleaved_seconds(cases)

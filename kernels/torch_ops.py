@@ -3,6 +3,8 @@ What "sdpa" runs: PyTorch's fused attention, and RMSNorm, RoPE, SwiGLU and the l
 PyTorch ops with hand-written backward passes. They give the eager references' values (kernels/reference.py)
 with a fraction of the allocations, which is what a CPU step spends its time on.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -24,22 +26,31 @@ def attention_sdpa(q, k, v, causal=True, mask=None):
 
 def attention_math(q, k, v, causal=True):
     """attention_eager's semantics (no explicit mask; Tq <= Tk when causal), written out for training on short
-    bfloat16 sequences on a CPU: the scores as a product in q's dtype, the softmax in fp32, its probabilities cast
-    back for the product with v; autograd differentiates it. A kv head's group of query heads is stacked into
-    one product, so GQA copies neither k nor v. Forward and backward, bf16, 8 query and 2 kv heads of 64, 2048
-    tokens (`python -m kernels.bench ops`), against SDPA's flash kernel for CPUs: 0.4x its time in batches of
-    128 tokens, 0.75-0.9x of 256; of 512, 0.9x with train.py's allocator setting (hold_freed_memory) and 2x
-    without, for the T x T scores (half of them masked) are fresh pages each call then. Against float64, its
-    gradients have a third of SDPA's error and its output twice (scores rounded to bf16, as in nanoGPT's and
-    transformers' eager attention). It keeps 6 bytes per score for backward."""
+    sequences on a CPU. A kv head's group of query heads is stacked into one product, so GQA copies neither k nor
+    v; the scale and the causal mask (an additive bias of 0 and -inf) enter the scores' product itself (baddbmm),
+    the softmax reads them in q's dtype and works in fp32 (or wider), and its probabilities are cast back for the
+    product with v; autograd differentiates it. Forward and backward, 8 query and 2 kv heads of 64, 2048 tokens
+    in batches of T (`python -m kernels.bench ops`), against SDPA's flash kernel for CPUs, with train.py's
+    allocator setting (hold_freed_memory): in bf16 0.33x its time at T=128, 0.55x at 256, 0.6x at 512, 1.04x at
+    1024; in fp32 0.98x, 0.94x, 0.86x and 1.4x. Without that setting the T x T scores are fresh pages each call,
+    and from 512 on it loses (bf16 0.93x at 512, 2.5x at 1024; fp32 1.2x at 512): hence MATH_MAX_KEYS. Against
+    float64, its bf16 gradients have a third of SDPA's error and its output twice (scores rounded to bf16, as in
+    nanoGPT's and transformers' eager attention). It keeps 6 bytes per score for backward in bf16, 4 in fp32."""
     B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    s = (q.reshape(B, Hkv, Hq // Hkv * Tq, D) @ k.transpose(-2, -1)).view(B, Hkv, Hq // Hkv, Tq, Tk)
-    p = s.to(_acc(s.dtype)).mul_(D ** -0.5)
-    if causal:
-        p = p.masked_fill_(~causal_mask(Tq, Tk, q.device), float("-inf"))
-    p = p.softmax(-1).to(q.dtype).view(B, Hkv, Hq // Hkv * Tq, Tk)
-    return (p @ v).view(B, Hq, Tq, D)
+    bias = causal_bias(Tq, Tk, Hq // Hkv, q.dtype, q.device) if causal else q.new_zeros(1, 1)
+    s = torch.baddbmm(bias, q.reshape(B * Hkv, Hq // Hkv * Tq, D), k.reshape(B * Hkv, Tk, D).transpose(1, 2),
+                      alpha=D ** -0.5)
+    p = s.softmax(-1, dtype=_acc(q.dtype)).to(q.dtype)
+    return (p @ v.reshape(B * Hkv, Tk, D)).view(B, Hq, Tq, D)
+
+
+@functools.lru_cache(maxsize=8)
+def causal_bias(Tq, Tk, groups, dtype, device):
+    """causal_mask as scores to add, 0 where a query attends and -inf elsewhere, repeated for a group of query
+    heads stacked along the queries: (groups * Tq, Tk)."""
+    bias = torch.zeros(Tq, Tk, dtype=dtype, device=device).masked_fill_(~causal_mask(Tq, Tk, device), float("-inf"))
+    return bias.repeat(groups, 1)
 
 
 def normalize(x, weight, eps):
