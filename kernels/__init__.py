@@ -5,7 +5,7 @@ backend is one of:
   "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs; each Triton kernel only
            after it has matched the reference on a small problem, once per process and dtype (_triton_ok):
            one that does not, or raises, gets one warning line and "sdpa"'s path from then on. Training on a
-           CPU, bf16 attention over at most MATH_MAX_KEYS keys runs attention_math (written-out products and
+           CPU, bf16 attention of at most MATH_MAX_SCORES scores runs attention_math (written-out products and
            softmax), which is faster there than SDPA's flash kernel at short lengths
   "triton" our Triton kernels; on a CPU only under TRITON_INTERPRET=1, which is how the tests run them
   "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm, RoPE and the loss as autograd
@@ -181,21 +181,21 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
     return attention_sdpa(q, k, v, causal, mask)
 
 
-MATH_MAX_KEYS = 512  # up to where attention_math beats SDPA's flash kernel for CPUs (kernels/torch_ops.py)
+MATH_MAX_SCORES = 1 << 25  # attention_math keeps its scores for backward: 64 MB a call in bf16 at most
 
 
 def _math_pays(q, k, v, causal):
     """Whether "auto" runs attention_math: training (a gradient wanted) on a CPU that multiplies bf16 natively, bf16
-    attention (the inputs', or CPU autocast's), at most MATH_MAX_KEYS keys and no query without one (Tq <= Tk when
-    causal); not under torch.compile, which gets SDPA to lower as it does on every device. In fp32 the two are
-    level (0.9-1.0x at 128-512 keys; the whole step of elm_tiny or llama_tiny the same within 1%), and SDPA keeps
-    no scores. Without gradients SDPA is as fast or faster (forward alone, batch 1: 1.0-1.5x at 64-256 tokens, 5x
-    for a decode step's query)."""
-    # the cheap checks first: a decode step ends here
-    if not torch.is_grad_enabled() or q.device.type != "cpu" or k.shape[2] > MATH_MAX_KEYS:
-        return False
+    attention (the inputs', or CPU autocast's), at most MATH_MAX_SCORES scores (batch x query heads x queries x
+    keys) and no query without a key (Tq <= Tk when causal); not under torch.compile, which gets SDPA to lower as
+    it does on every device. In fp32 the two are level (0.9-1.0x at 128-512 keys; a whole elm_tiny or llama_tiny
+    step the same within 1%), and SDPA keeps no scores. Without gradients SDPA is as fast or faster (forward
+    alone, batch 1: 1.0-1.5x at 64-256 tokens, 5x for a decode step's query)."""
+    B, H, Tq, _ = q.shape
+    if not torch.is_grad_enabled() or q.device.type != "cpu" or B * H * Tq * k.shape[2] > MATH_MAX_SCORES:
+        return False  # the cheap checks first: a decode step ends here
     low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-    return (low == torch.bfloat16 and (q.shape[2] <= k.shape[2] or not causal) and any(t.requires_grad for t in (q, k, v))
+    return (low == torch.bfloat16 and (Tq <= k.shape[2] or not causal) and any(t.requires_grad for t in (q, k, v))
             and not torch.compiler.is_compiling() and fast_cpu_bf16())
 
 

@@ -346,7 +346,7 @@ def bench_ops(B=8, T=256, V=8192):
         ("SwiGLU, 8x256x(2x1536) fp32", "ours: kernels.SwiGLUTorch"): timed(kernels.SwiGLUTorch.apply, gate_up),
         ("SwiGLU, 8x256x(2x1536) fp32", "autograd through kernels.swiglu_eager"): timed(kernels.swiglu_eager, gate_up),
     }
-    for dtype, T in itertools.product((torch.bfloat16, torch.float32), (128, 256, 512, 1024)):
+    for dtype, T in itertools.product((torch.bfloat16, torch.float32), (128, 256, 512, 1024, 2048)):
         qkv = torch.randn(2048 // T, T, 12, 64, generator=g).to(dtype)  # the model's q, k, v: views of one projection
         heads = lambda fn: lambda x: fn(*(t.transpose(1, 2) for t in x.split([8, 2, 2], 2)), True)  # noqa: E731
         op = f"causal attention, {2048 // T}x{T} tokens, 8/2 heads of 64, {str(dtype)[6:]}"

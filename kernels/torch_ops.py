@@ -25,23 +25,22 @@ def attention_sdpa(q, k, v, causal=True, mask=None):
 
 
 def attention_math(q, k, v, causal=True):
-    """attention_eager's semantics (no explicit mask; Tq <= Tk when causal), written out for training on short
-    sequences on a CPU. A kv head's group of query heads is stacked into one product, so GQA copies neither k nor
-    v; the scale and the causal mask (an additive bias of 0 and -inf) enter the scores' product itself (baddbmm),
-    the softmax reads them in q's dtype and works in fp32 (or wider), and its probabilities are cast back for the
-    product with v; autograd differentiates it. Forward and backward, 8 query and 2 kv heads of 64, 2048 tokens
-    in batches of T (`python -m kernels.bench ops`), against SDPA's flash kernel for CPUs, with train.py's
-    allocator setting (hold_freed_memory): in bf16 0.33x its time at T=128, 0.55x at 256, 0.6x at 512, 1.04x at
-    1024; in fp32 0.98x, 0.94x, 0.86x and 1.4x. Without that setting the T x T scores are fresh pages each call,
-    and from 512 on it loses (bf16 0.93x at 512, 2.5x at 1024; fp32 1.2x at 512): hence MATH_MAX_KEYS. Against
-    float64, its bf16 gradients have a third of SDPA's error and its output twice (scores rounded to bf16, as in
-    nanoGPT's and transformers' eager attention). It keeps 6 bytes per score for backward in bf16, 4 in fp32."""
+    """attention_eager's semantics (no explicit mask; Tq <= Tk when causal), written out for training on a CPU in
+    bf16, where SDPA's flash kernel is no faster than in fp32. A kv head's group of query heads is stacked into one
+    product, so GQA copies neither k nor v; the scale and the causal mask (an additive bias of 0 and -inf) enter
+    the scores' product itself (baddbmm); the softmax works in fp32 inside and rounds its probabilities once, to
+    serve the product with v and backward: 2 bytes kept per score. Forward and backward, bf16, 8 query and 2 kv
+    heads of 64, 2048 tokens in batches of T (`python -m kernels.bench ops`), with train.py's allocator setting
+    (hold_freed_memory): 0.25x SDPA's time at T=128, 0.45x at 256, 0.5x at 512, 0.85x at 1024, level at 2048.
+    Without that setting the T x T scores are fresh pages each call: 1.2x at 1024, 1.7x at 2048. In fp32 it is
+    0.9-0.95x SDPA's time up to 512 and 1.35-1.7x beyond. Against float64, its output and gradients are within
+    1-2x SDPA's error (the scores are rounded to bf16, as in nanoGPT's and transformers' eager attention)."""
     B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     bias = causal_bias(Tq, Tk, Hq // Hkv, q.dtype, q.device) if causal else q.new_zeros(1, 1)
     s = torch.baddbmm(bias, q.reshape(B * Hkv, Hq // Hkv * Tq, D), k.reshape(B * Hkv, Tk, D).transpose(1, 2),
                       alpha=D ** -0.5)
-    p = s.softmax(-1, dtype=_acc(q.dtype)).to(q.dtype)
+    p = s.softmax(-1)
     return (p @ v.reshape(B * Hkv, Tk, D)).view(B, Hq, Tq, D)
 
 

@@ -281,13 +281,14 @@ def test_attention_math_equals_eager(B, Hq, Hkv, Tq, Tk, causal):
 
 def test_auto_attention_takes_the_math_form_where_it_pays(monkeypatch):
     """Training on a CPU with native bf16 products, "auto" runs attention_math for bf16 attention (the inputs', or
-    autocast's: fp32 q/k out of an fp32-weight QK-norm are cast, as SDPA's are) over at most MATH_MAX_KEYS keys;
-    fp32, longer caches, explicit masks, queries with no key, no gradient, the "sdpa" backend and a CPU without
+    autocast's: fp32 q/k out of an fp32-weight QK-norm are cast, as SDPA's are) of at most MATH_MAX_SCORES scores;
+    fp32, more scores, explicit masks, queries with no key, no gradient, the "sdpa" backend and a CPU without
     bf16 take SDPA."""
     import kernels
     calls = []
     monkeypatch.setattr(kernels, "attention_math", lambda q, k, v, c: calls.append(q.dtype) or kernels.attention_sdpa(q, k, v, c))
     monkeypatch.setattr(kernels, "fast_cpu_bf16", lambda: True)
+    monkeypatch.setattr(kernels, "MATH_MAX_SCORES", 4 * 16 * 64)  # qkv's 4 query heads
     bf = torch.bfloat16
 
     def qkv(Tq, Tk, dtype=bf):
@@ -295,7 +296,7 @@ def test_auto_attention_takes_the_math_form_where_it_pays(monkeypatch):
                 torch.randn(1, 2, Tk, 8, dtype=dtype))
 
     kernels.attention(*qkv(16, 16))
-    kernels.attention(*qkv(1, kernels.MATH_MAX_KEYS))
+    kernels.attention(*qkv(16, 64))
     q, k, v = qkv(16, 16, torch.float32)
     with torch.autocast("cpu", dtype=bf):
         assert kernels.attention(q, k, v.bfloat16()).dtype == bf
@@ -303,7 +304,8 @@ def test_auto_attention_takes_the_math_form_where_it_pays(monkeypatch):
     with torch.no_grad():  # sampling and eval
         kernels.attention(*qkv(16, 16))
     kernels.attention(q, k, v)  # fp32
-    kernels.attention(*qkv(1, kernels.MATH_MAX_KEYS + 1))
+    kernels.attention(*qkv(16, 65))
+    kernels.attention(*(t.repeat(2, 1, 1, 1) for t in qkv(16, 33)))  # the batch counts: 2 x 4 x 16 x 33 scores
     kernels.attention(*qkv(16, 16), mask=torch.ones(16, 16, dtype=torch.bool))
     kernels.attention(*qkv(16, 8))  # causal, 8 queries without a key
     kernels.attention(*qkv(16, 16), backend="sdpa")
