@@ -188,9 +188,9 @@ def _math_pays(q, k, v, causal):
     """Whether "auto" runs attention_math: training (a gradient wanted) on a CPU that multiplies bf16 natively, bf16
     attention (the inputs', or CPU autocast's), at most MATH_MAX_SCORES scores (batch x query heads x queries x
     keys) and no query without a key (Tq <= Tk when causal); not under torch.compile, which gets SDPA to lower as
-    it does on every device. In fp32 the two are level (0.9-1.0x at 128-512 keys; a whole elm_tiny or llama_tiny
-    step the same within 1%), and SDPA keeps no scores. Without gradients SDPA is as fast or faster (forward
-    alone, batch 1: 1.0-1.5x at 64-256 tokens, 5x for a decode step's query)."""
+    it does on every device. In fp32 it is no faster at elm_tiny's 256 tokens (the whole step of elm_tiny or
+    llama_tiny the same within 1%), and SDPA keeps no scores. Without gradients SDPA is as fast or faster
+    (forward alone, batch 1: 1.0-1.5x at 64-256 tokens, 5x for a decode step's query)."""
     B, H, Tq, _ = q.shape
     if not torch.is_grad_enabled() or q.device.type != "cpu" or B * H * Tq * k.shape[2] > MATH_MAX_SCORES:
         return False  # the cheap checks first: a decode step ends here

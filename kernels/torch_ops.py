@@ -29,22 +29,30 @@ def attention_math(q, k, v, causal=True):
     bf16, where SDPA's flash kernel is no faster than in fp32. A kv head's group of query heads is stacked into one
     product, so GQA copies neither k nor v; the scale and the causal mask (an additive bias of 0 and -inf) enter
     the scores' product itself (baddbmm); the softmax works in fp32 inside and rounds its probabilities once, to
-    serve the product with v and backward: 2 bytes kept per score. Forward and backward, bf16, 8 query and 2 kv
-    heads of 64, 2048 tokens in batches of T (`python -m kernels.bench ops`), with train.py's allocator setting
-    (hold_freed_memory): 0.25x SDPA's time at T=128, 0.45x at 256, 0.5x at 512, 0.85x at 1024, level at 2048.
-    Without that setting the T x T scores are fresh pages each call: 1.2x at 1024, 1.7x at 2048. In fp32 it is
-    0.9-0.95x SDPA's time up to 512 and 1.35-1.7x beyond. Against float64, its output and gradients are within
-    1-2x SDPA's error (the scores are rounded to bf16, as in nanoGPT's and transformers' eager attention)."""
+    serve the product with v and backward (2 bytes kept per score). Causal attention over more than 256 queries
+    goes in up to four blocks of queries, each against only the keys it sees: 5/8 of the products at four blocks.
+    Forward and backward, bf16, 8 query and 2 kv heads of 64, 2048 tokens in batches of T
+    (`python -m kernels.bench ops`): 0.25x SDPA's time at T=128, 0.42x at 256, 0.38x at 512, 0.6x at 1024, 0.65x
+    at 2048 (with train.py's allocator setting, hold_freed_memory, or without it). In fp32 it is 0.7-1.05x SDPA's
+    time with that setting, up to 1.6x without. Against float64, its output and gradients are within 1-2x SDPA's
+    error (the scores are rounded to bf16, as in nanoGPT's and transformers' eager attention)."""
     B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    bias = causal_bias(Tq, Tk, Hq // Hkv, q.dtype, q.device) if causal else q.new_zeros(1, 1)
-    s = torch.baddbmm(bias, q.reshape(B * Hkv, Hq // Hkv * Tq, D), k.reshape(B * Hkv, Tk, D).transpose(1, 2),
-                      alpha=D ** -0.5)
-    p = s.softmax(-1)
-    return (p @ v.reshape(B * Hkv, Tk, D)).view(B, Hq, Tq, D)
+    G = Hq // Hkv
+    q = q.reshape(B, Hkv, G, Tq, D)  # a view
+    step = max(256, -(-Tq // 4)) if causal else Tq  # causal: blocks of queries, each against the keys it sees
+    out = []
+    for lo in range(0, Tq, step):
+        n = min(step, Tq - lo)
+        keys = Tk - Tq + lo + n if causal else Tk
+        bias = causal_bias(n, keys, G, q.dtype, q.device) if causal else q.new_zeros(1, 1)
+        s = torch.baddbmm(bias, q[:, :, :, lo:lo + n].reshape(B * Hkv, G * n, D),
+                          k[:, :, :keys].reshape(B * Hkv, keys, D).transpose(1, 2), alpha=D ** -0.5)
+        out.append((s.softmax(-1) @ v[:, :, :keys].reshape(B * Hkv, keys, D)).view(B, Hkv, G, n, D))
+    return (out[0] if len(out) == 1 else torch.cat(out, dim=3)).view(B, Hq, Tq, D)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def causal_bias(Tq, Tk, groups, dtype, device):
     """causal_mask as scores to add, 0 where a query attends and -inf elsewhere, repeated for a group of query
     heads stacked along the queries: (groups * Tq, Tk)."""

@@ -255,6 +255,8 @@ def test_rope_torch_path_equals_eager(dtype):
     (1, 6, 2, 5, 40, True),    # a chunk of queries against a longer cache: causal from the bottom right
     (1, 4, 4, 1, 30, True),    # one query (decoding)
     (2, 8, 2, 30, 7, False),   # non-causal, more queries than keys
+    (1, 4, 2, 600, 600, True), # causal in blocks of queries (256, 256 and 88), each against the keys it sees
+    (1, 2, 1, 300, 420, True), # blocks of a chunk against a longer cache
 ])
 def test_attention_math_equals_eager(B, Hq, Hkv, Tq, Tk, causal):
     """kernels.attention_math: in float64 the eager reference's values and gradients to rounding; in bf16
