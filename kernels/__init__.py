@@ -5,7 +5,7 @@ backend is one of:
   "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs; each Triton kernel only
            after it has matched the reference on a small problem, once per process and dtype (_triton_ok):
            one that does not, or raises, gets one warning line and "sdpa"'s path from then on. Training on a
-           CPU, bf16 attention of at most MATH_MAX_SCORES scores runs attention_math (written-out products and
+           CPU, bf16 and short fp32 attention runs attention_math (written-out products and
            softmax), which is faster there than SDPA's flash kernel at short lengths
   "triton" our Triton kernels; on a CPU only under TRITON_INTERPRET=1, which is how the tests run them
   "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm, RoPE and the loss as autograd
@@ -175,28 +175,30 @@ def attention(q, k, v, causal=True, mask=None, backend="auto"):
         if flash_attention.supported(q, k, v) and _triton_ok("attention", dtype, q.device,
                                                              (q.shape[-1], q.shape[1] // k.shape[1])):
             return flash_attention.attention(q, k, v, causal=causal)
-    if backend == "auto" and mask is None and _math_pays(q, k, v, causal):
-        # bf16, or autocast to it: the inputs cast as autocast casts SDPA's
-        return attention_math(*(t.to(torch.bfloat16) for t in (q, k, v)), causal)
+    if backend == "auto" and mask is None and (dtype := _math_dtype(q, k, v, causal)):
+        return attention_math(*(t.to(dtype) for t in (q, k, v)), causal)  # cast as autocast casts SDPA's inputs
     return attention_sdpa(q, k, v, causal, mask)
 
 
 MATH_MAX_SCORES = 1 << 25  # attention_math keeps its scores for backward: 64 MB a call in bf16 at most
+MATH_MAX_KEYS_FP32 = 1024  # in fp32 it pays up to about here (kernels/torch_ops.py)
 
 
-def _math_pays(q, k, v, causal):
-    """Whether "auto" runs attention_math: training (a gradient wanted) on a CPU that multiplies bf16 natively, bf16
-    attention (the inputs', or CPU autocast's), at most MATH_MAX_SCORES scores (batch x query heads x queries x
-    keys) and no query without a key (Tq <= Tk when causal); not under torch.compile, which gets SDPA to lower as
-    it does on every device. In fp32 it is no faster at elm_tiny's 256 tokens (the whole step of elm_tiny or
-    llama_tiny the same within 1%), and SDPA keeps no scores. Without gradients SDPA is as fast or faster
-    (forward alone, batch 1: 1.0-1.5x at 64-256 tokens, 5x for a decode step's query)."""
+def _math_dtype(q, k, v, causal):
+    """The dtype "auto" runs attention_math in, or None for SDPA: training (a gradient wanted) on a CPU, bf16
+    attention (the inputs', or CPU autocast's) where the CPU multiplies bf16 natively, or fp32 over at most
+    MATH_MAX_KEYS_FP32 keys; at most MATH_MAX_SCORES scores (batch x query heads x queries x keys) and no query
+    without a key (Tq <= Tk when causal); not under torch.compile, which gets SDPA to lower as it does on every
+    device. Without gradients SDPA is as fast or faster (forward alone, batch 1: 1.0-1.5x at 64-256 tokens, 5x
+    for a decode step's query)."""
     B, H, Tq, _ = q.shape
-    if not torch.is_grad_enabled() or q.device.type != "cpu" or B * H * Tq * k.shape[2] > MATH_MAX_SCORES:
-        return False  # the cheap checks first: a decode step ends here
-    low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-    return (low == torch.bfloat16 and (Tq <= k.shape[2] or not causal) and any(t.requires_grad for t in (q, k, v))
-            and not torch.compiler.is_compiling() and fast_cpu_bf16())
+    Tk = k.shape[2]
+    if not torch.is_grad_enabled() or q.device.type != "cpu" or B * H * Tq * Tk > MATH_MAX_SCORES:
+        return None  # the cheap checks first: a decode step ends here
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    pays = (dtype == torch.bfloat16 and fast_cpu_bf16()) or (dtype == torch.float32 and Tk <= MATH_MAX_KEYS_FP32)
+    wanted = (Tq <= Tk or not causal) and any(t.requires_grad for t in (q, k, v)) and not torch.compiler.is_compiling()
+    return dtype if pays and wanted else None
 
 
 def fast_cpu_bf16():

@@ -25,22 +25,23 @@ def attention_sdpa(q, k, v, causal=True, mask=None):
 
 
 def attention_math(q, k, v, causal=True):
-    """attention_eager's semantics (no explicit mask; Tq <= Tk when causal), written out for training on a CPU in
-    bf16, where SDPA's flash kernel is no faster than in fp32. A kv head's group of query heads is stacked into one
-    product, so GQA copies neither k nor v; the scale and the causal mask (an additive bias of 0 and -inf) enter
-    the scores' product itself (baddbmm); the softmax works in fp32 inside and rounds its probabilities once, to
-    serve the product with v and backward (2 bytes kept per score). Causal attention over more than 256 queries
-    goes in up to four blocks of queries, each against only the keys it sees: 5/8 of the products at four blocks.
-    Forward and backward, bf16, 8 query and 2 kv heads of 64, 2048 tokens in batches of T
-    (`python -m kernels.bench ops`): 0.25x SDPA's time at T=128, 0.42x at 256, 0.38x at 512, 0.6x at 1024, 0.65x
-    at 2048 (with train.py's allocator setting, hold_freed_memory, or without it). In fp32 it is 0.7-1.05x SDPA's
-    time with that setting, up to 1.6x without. Against float64, its output and gradients are within 1-2x SDPA's
-    error (the scores are rounded to bf16, as in nanoGPT's and transformers' eager attention)."""
+    """attention_eager's semantics (no explicit mask; Tq <= Tk when causal), written out for training on a CPU,
+    where SDPA's flash kernel takes as long in bf16 as in fp32. A kv head's group of query heads is stacked into
+    one product, so GQA copies neither k nor v; the scale and the causal mask (an additive bias of 0 and -inf)
+    enter the scores' product itself (baddbmm); the softmax works in fp32 inside and rounds its probabilities to
+    q's dtype once, to serve the product with v and backward (2 bytes kept per score in bf16). Causal attention
+    over more than 128 queries goes in up to four blocks of queries, each against only the keys it sees (5/8 of
+    the products at four blocks). Forward and backward, 8 query and 2 kv heads of 64, 2048 tokens in batches of T
+    (`python -m kernels.bench ops`), with train.py's allocator setting (hold_freed_memory), against SDPA's time:
+    in bf16 0.3x at T=128, 0.4x at 256 and 512, 0.6x at 1024, 0.65x at 2048; in fp32 0.9x at 128 and 256, 0.7x
+    at 512, 0.9x at 1024, 1.1x at 2048. Without that setting bf16 is much the same, fp32 1.45x at 2048. Against
+    float64, its output and gradients are within 1-2x SDPA's error (the scores are rounded to bf16, as in
+    nanoGPT's and transformers' eager attention)."""
     B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     G = Hq // Hkv
     q = q.reshape(B, Hkv, G, Tq, D)  # a view
-    step = max(256, -(-Tq // 4)) if causal else Tq  # causal: blocks of queries, each against the keys it sees
+    step = max(128, -(-Tq // 4)) if causal else Tq  # causal: blocks of queries, each against the keys it sees
     out = []
     for lo in range(0, Tq, step):
         n = min(step, Tq - lo)

@@ -255,8 +255,8 @@ def test_rope_torch_path_equals_eager(dtype):
     (1, 6, 2, 5, 40, True),    # a chunk of queries against a longer cache: causal from the bottom right
     (1, 4, 4, 1, 30, True),    # one query (decoding)
     (2, 8, 2, 30, 7, False),   # non-causal, more queries than keys
-    (1, 4, 2, 600, 600, True), # causal in blocks of queries (256, 256 and 88), each against the keys it sees
-    (1, 2, 1, 300, 420, True), # blocks of a chunk against a longer cache
+    (1, 4, 2, 300, 300, True), # causal in blocks of queries (128, 128 and 44), each against the keys it sees
+    (1, 2, 1, 200, 260, True), # blocks of a chunk against a longer cache
 ])
 def test_attention_math_equals_eager(B, Hq, Hkv, Tq, Tk, causal):
     """kernels.attention_math: in float64 the eager reference's values and gradients to rounding; in bf16
@@ -282,16 +282,17 @@ def test_attention_math_equals_eager(B, Hq, Hkv, Tq, Tk, causal):
 
 
 def test_auto_attention_takes_the_math_form_where_it_pays(monkeypatch):
-    """Training on a CPU with native bf16 products, "auto" runs attention_math for bf16 attention (the inputs', or
-    autocast's: fp32 q/k out of an fp32-weight QK-norm are cast, as SDPA's are) of at most MATH_MAX_SCORES scores;
-    fp32, more scores, explicit masks, queries with no key, no gradient, the "sdpa" backend and a CPU without
-    bf16 take SDPA."""
+    """Training on a CPU, "auto" runs attention_math for bf16 attention (the inputs', or autocast's: fp32 q/k out
+    of an fp32-weight QK-norm are cast, as SDPA's are) where the CPU multiplies bf16 natively, and for fp32 over
+    at most MATH_MAX_KEYS_FP32 keys, each of at most MATH_MAX_SCORES scores; more scores or keys, explicit masks,
+    queries with no key, no gradient, fp16, the "sdpa" backend and bf16 on a CPU without it take SDPA."""
     import kernels
     calls = []
     monkeypatch.setattr(kernels, "attention_math", lambda q, k, v, c: calls.append(q.dtype) or kernels.attention_sdpa(q, k, v, c))
     monkeypatch.setattr(kernels, "fast_cpu_bf16", lambda: True)
     monkeypatch.setattr(kernels, "MATH_MAX_SCORES", 4 * 16 * 64)  # qkv's 4 query heads
-    bf = torch.bfloat16
+    monkeypatch.setattr(kernels, "MATH_MAX_KEYS_FP32", 32)
+    bf, f32 = torch.bfloat16, torch.float32
 
     def qkv(Tq, Tk, dtype=bf):
         return (torch.randn(1, 4, Tq, 8, dtype=dtype, requires_grad=True), torch.randn(1, 2, Tk, 8, dtype=dtype),
@@ -299,21 +300,27 @@ def test_auto_attention_takes_the_math_form_where_it_pays(monkeypatch):
 
     kernels.attention(*qkv(16, 16))
     kernels.attention(*qkv(16, 64))
-    q, k, v = qkv(16, 16, torch.float32)
+    q, k, v = qkv(16, 16, f32)
     with torch.autocast("cpu", dtype=bf):
         assert kernels.attention(q, k, v.bfloat16()).dtype == bf
     assert calls == [bf] * 3
+    kernels.attention(q, k, v)
+    kernels.attention(*qkv(16, 32, f32))
+    assert calls == [bf] * 3 + [f32] * 2
     with torch.no_grad():  # sampling and eval
         kernels.attention(*qkv(16, 16))
-    kernels.attention(q, k, v)  # fp32
     kernels.attention(*qkv(16, 65))
     kernels.attention(*(t.repeat(2, 1, 1, 1) for t in qkv(16, 33)))  # the batch counts: 2 x 4 x 16 x 33 scores
+    kernels.attention(*qkv(16, 33, f32))
+    kernels.attention(*qkv(16, 16, torch.float16))
     kernels.attention(*qkv(16, 16), mask=torch.ones(16, 16, dtype=torch.bool))
     kernels.attention(*qkv(16, 8))  # causal, 8 queries without a key
     kernels.attention(*qkv(16, 16), backend="sdpa")
     monkeypatch.setattr(kernels, "fast_cpu_bf16", lambda: False)
     kernels.attention(*qkv(16, 16))
-    assert len(calls) == 3
+    assert len(calls) == 5
+    kernels.attention(*qkv(16, 16, f32))  # fp32 does not need bf16 products
+    assert len(calls) == 6
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
