@@ -281,6 +281,22 @@ def test_attention_math_equals_eager(B, Hq, Hkv, Tq, Tk, causal):
         torch.testing.assert_close(a.double(), b, atol=4e-2 * b.abs().max().item(), rtol=0)
 
 
+def test_attention_math_is_finite_at_huge_scores():
+    """A diverging run's attention (scores around 1e12, within fp32's range): attention_math's fp32 output
+    and gradients stay finite and equal float64's to fp32 rounding (SDPA's CPU backward overflows to inf there,
+    torch 2.13), so a run that blows up is stopped by its loss or gradient norm, not by the kernel."""
+    import kernels
+    torch.manual_seed(0)
+    x = torch.randn(2, 300, 12, 8, dtype=torch.float64) * 1e6
+    q, k, v = (t.transpose(1, 2) for t in x.split([8, 2, 2], dim=2))
+    want = kernels.attention_eager(q, k, v, True)
+    low = [t.float().requires_grad_() for t in (q, k, v)]
+    got = kernels.attention_math(*low, True)
+    got.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in low)
+    torch.testing.assert_close(got.double(), want, atol=1e-5 * want.abs().max().item(), rtol=0)
+
+
 def test_auto_attention_takes_the_math_form_where_it_pays(monkeypatch):
     """Training on a CPU, "auto" runs attention_math for bf16 attention (the inputs', or autocast's: fp32 q/k out
     of an fp32-weight QK-norm are cast, as SDPA's are) where the CPU multiplies bf16 natively, and for fp32 over
