@@ -5,8 +5,8 @@ backend is one of:
   "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs; each Triton kernel only
            after it has matched the reference on a small problem, once per process and dtype (_triton_ok):
            one that does not, or raises, gets one warning line and "sdpa"'s path from then on. Training on a
-           CPU, bf16 and short fp32 attention runs attention_math (written-out products and
-           softmax), which is faster there than SDPA's flash kernel at short lengths
+           CPU, attention in bf16, or in fp32 over at most 1024 keys, runs attention_math (written-out
+           products and softmax), faster there than SDPA's flash kernel (_math_dtype)
   "triton" our Triton kernels; on a CPU only under TRITON_INTERPRET=1, which is how the tests run them
   "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm, RoPE and the loss as autograd
            Functions of PyTorch ops with hand-written backward passes: the eager values, with a fraction of
