@@ -5,8 +5,9 @@ backend is one of:
   "auto"   Triton on CUDA for shapes its kernels support, else what "sdpa" runs; each Triton kernel only
            after it has matched the reference on a small problem, once per process and dtype (_triton_ok):
            one that does not, or raises, gets one warning line and "sdpa"'s path from then on. Training on a
-           CPU, attention in bf16, or in fp32 over at most 1024 keys, runs attention_math (written-out
-           products and softmax), faster there than SDPA's flash kernel (_math_dtype)
+           CPU, attention in bf16 (where the CPU multiplies it natively) or in fp32 over at most 1024 keys,
+           of at most 2^25 scores, runs attention_math (written-out products and softmax), faster there
+           than SDPA's flash kernel (_math_dtype)
   "triton" our Triton kernels; on a CPU only under TRITON_INTERPRET=1, which is how the tests run them
   "sdpa"   torch.nn.functional.scaled_dot_product_attention; norm, RoPE and the loss as autograd
            Functions of PyTorch ops with hand-written backward passes: the eager values, with a fraction of
@@ -186,19 +187,20 @@ MATH_MAX_KEYS_FP32 = 1024  # in fp32 it pays up to about here (kernels/torch_ops
 
 def _math_dtype(q, k, v, causal):
     """The dtype "auto" runs attention_math in, or None for SDPA: training (a gradient wanted) on a CPU, bf16
-    attention (the inputs', or CPU autocast's) where the CPU multiplies bf16 natively, or fp32 over at most
-    MATH_MAX_KEYS_FP32 keys; at most MATH_MAX_SCORES scores (batch x query heads x queries x keys) and no query
-    without a key (Tq <= Tk when causal); not under torch.compile, which gets SDPA to lower as it does on every
-    device. Without gradients SDPA is as fast or faster (forward alone, batch 1: 1.0-1.5x at 64-256 tokens, 5x
-    for a decode step's query)."""
+    attention (the inputs', or CPU autocast's for fp32 inputs) where the CPU multiplies bf16 natively, or fp32
+    over at most MATH_MAX_KEYS_FP32 keys; at most MATH_MAX_SCORES scores (batch x query heads x queries x keys)
+    and at least one query, each with a key (Tq <= Tk when causal); not under torch.compile, which gets SDPA to
+    lower as it does on every device. Without gradients SDPA is as fast or faster (forward alone, batch 1:
+    1.0-1.5x at 64-256 tokens, 5x for a decode step's query)."""
     B, H, Tq, _ = q.shape
     Tk = k.shape[2]
-    if not torch.is_grad_enabled() or q.device.type != "cpu" or B * H * Tq * Tk > MATH_MAX_SCORES:
-        return None  # the cheap checks first: a decode step ends here
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-    pays = (dtype == torch.bfloat16 and fast_cpu_bf16()) or (dtype == torch.float32 and Tk <= MATH_MAX_KEYS_FP32)
-    wanted = (Tq <= Tk or not causal) and any(t.requires_grad for t in (q, k, v)) and not torch.compiler.is_compiling()
-    return dtype if pays and wanted else None
+    if (not torch.is_grad_enabled() or q.device.type != "cpu" or not 0 < B * H * Tq * Tk <= MATH_MAX_SCORES
+            or Tq > Tk and causal or not any(t.requires_grad for t in (q, k, v)) or torch.compiler.is_compiling()):
+        return None  # a decode step ends at the first check
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") and q.dtype == torch.float32 else q.dtype
+    if dtype == torch.bfloat16 and fast_cpu_bf16() or dtype == torch.float32 and Tk <= MATH_MAX_KEYS_FP32:
+        return dtype
+    return None
 
 
 def fast_cpu_bf16():

@@ -255,7 +255,8 @@ def test_rope_torch_path_equals_eager(dtype):
     (1, 6, 2, 5, 40, True),    # a chunk of queries against a longer cache: causal from the bottom right
     (1, 4, 4, 1, 30, True),    # one query (decoding)
     (2, 8, 2, 30, 7, False),   # non-causal, more queries than keys
-    (1, 4, 2, 300, 300, True), # causal in blocks of queries (128, 128 and 44), each against the keys it sees
+    (2, 5, 1, 600, 600, True), # causal in blocks of queries (150 x 4), each against the keys it sees; GQA 5
+    (1, 4, 2, 300, 300, True), # blocks of at least 128 queries: 128, 128 and 44
     (1, 2, 1, 200, 260, True), # blocks of a chunk against a longer cache
 ])
 def test_attention_math_equals_eager(B, Hq, Hkv, Tq, Tk, causal):
@@ -332,11 +333,28 @@ def test_auto_attention_takes_the_math_form_where_it_pays(monkeypatch):
     kernels.attention(*qkv(16, 16), mask=torch.ones(16, 16, dtype=torch.bool))
     kernels.attention(*qkv(16, 8))  # causal, 8 queries without a key
     kernels.attention(*qkv(16, 16), backend="sdpa")
+    kernels.attention(*(t.detach() for t in qkv(16, 16)))  # grad mode on, but no input needs a gradient
+    assert kernels.attention(*qkv(0, 16)).shape[2] == 0  # no query at all
+    with torch.autocast("cpu", dtype=bf):  # autocast casts fp32 only
+        assert kernels.attention(*qkv(16, 16, torch.float64)).dtype == torch.float64
     monkeypatch.setattr(kernels, "fast_cpu_bf16", lambda: False)
     kernels.attention(*qkv(16, 16))
     assert len(calls) == 5
     kernels.attention(*qkv(16, 16, f32))  # fp32 does not need bf16 products
     assert len(calls) == 6
+
+
+def test_auto_attention_compiles_without_a_graph_break():
+    """Under torch.compile "auto" leaves the CPU's written-out attention to SDPA before asking anything Dynamo
+    cannot trace (whether the CPU has bf16 products): bf16 training attention compiles as one graph."""
+    import kernels
+    torch._dynamo.reset()
+    q = torch.randn(1, 4, 16, 8, requires_grad=True)
+    k, v = torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = torch.compile(lambda q, k, v: kernels.attention(q, k, v), backend="eager", fullgraph=True)(q, k, v)
+    torch.testing.assert_close(got.double(), kernels.attention_eager(q.double(), k.double(), v.double()),
+                               atol=4e-2, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
