@@ -44,9 +44,9 @@ def main(argv):
         raise InputError(f"max_shard_gb={max_shard_gb} must be above 0")
     if out:
         check_output(out, "out", folder=True)  # before the (long) load
-        if checkpoint.occupant(out) in ("checkpoints", "prepared data"):  # an earlier export may be replaced
-            raise InputError(f"out={out} holds {checkpoint.occupant(out)}: export to a folder of its own "
-                             "(--out=hf/<name>)")
+        held = checkpoint.occupant(out)
+        if held in ("checkpoints", "prepared data"):  # an earlier export may be replaced
+            raise InputError(f"out={out} holds {held}: export to a folder of its own (--out=hf/<name>)")
     model, tok = checkpoint.load_model(init_from, tokenizer=tokenizer)
     if out:
         with sole_writer(out, "out", keep_lock=False):

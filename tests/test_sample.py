@@ -79,6 +79,14 @@ def test_sample_draws_each_row_from_its_distribution():
     assert counts[1, 6] == N  # all the mass on the last token
     for row in (0, 2):
         assert chi_square_pvalue(counts[row], N * probs[row]) > 1e-3
+    # the ends of the uniform draw: the first and the last token of nonzero probability, never a zero one
+    real_rand = torch.rand
+    for r, want in ((0.0, [5, 6, 5]), (1 - 2 ** -53, [1, 6, 0])):
+        torch.rand = lambda *a, r=r, **k: torch.full(a[:2], r, dtype=torch.float64)
+        try:
+            assert sample.sample(probs).tolist() == want
+        finally:
+            torch.rand = real_rand
 
 
 def test_accept_rule_preserves_the_target_distribution():
