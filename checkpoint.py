@@ -114,6 +114,14 @@ def step_folders(out_dir):
             if d.startswith("step_") and os.path.isdir(os.path.join(out_dir, d))]
 
 
+def torn(out_dir):
+    """What the newest step folders of a run directory lack, as a phrase ("step_0000020 lacks train.json; ..."), or
+    None when it has no step folders: why a run directory with checkpoints has no whole one."""
+    folders = step_folders(out_dir)
+    return "; ".join(f"{os.path.basename(p)} lacks {missing(p)}" for p in folders[:2]) + \
+        ("; ..." if len(folders) > 2 else "") if folders else None
+
+
 def latest(out_dir, quiet=False):
     """The newest complete checkpoint of a run directory, or None: the one `latest` names, or, when that is
     missing, unreadable or names a folder that is gone or torn, the newest complete step folder (with a note)."""
@@ -408,12 +416,14 @@ def _load(path, device, dtype):
     ck = resolve(path)
     if ck is None:
         if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "params.json")):
-            return hf.load_model(path, device=device, dtype=dtype), hf.load_tokenizer(path, required=False)
+            return hf.load_model(path, device=device, dtype=dtype), tokenizer_of(path)
         tok = tokenizer_file(path)
         if os.path.isfile(tok):
             raise InputError(f"{path} holds a tokenizer ({os.path.basename(tok)}) but no model (no config.json or "
-                             f"weights): point --init_from at the model's directory, and --tokenizer={path} if it "
-                             "lacks one")
+                             f"weights): give the model's directory instead, and --tokenizer={path} if it lacks one")
+        if torn(path):
+            raise InputError(f"{path} holds no whole checkpoint ({torn(path)}): a save was interrupted or files were "
+                             "deleted; put them back, or load another run")
         raise InputError(f"{path} holds no checkpoint (no 'latest' pointer, train.json or config.json): train one "
                          "with train.py, or point at a Hugging Face model directory")
     verify(ck)
@@ -422,7 +432,7 @@ def _load(path, device, dtype):
         import lora
         base = lora_base(info, ck)
         # merged in float32, then cast: the base at full precision, and the adapters as they were trained
-        model, tokenizer = _load(base, device, torch.float32)
+        model = _load(base, device, torch.float32)[0]
         lora.add(model, **info["lora"])
         sd = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
         _dcp(dcp.load, {"model": sd}, ck)  # into the adapters' own storage
@@ -436,7 +446,16 @@ def _load(path, device, dtype):
         sd = model.state_dict()
         _dcp(dcp.load, {"model": sd}, ck)  # fills sd's tensors (the model's own storage) in place, casting
         model.load_state_dict(sd)
-        tokenizer = None
+    return model.eval(), tokenizer_of(ck)
+
+
+def tokenizer_of(path):
+    """The tokenizer a model's folder carries, or None: ours, the copy of its data's (meta.json beside the
+    weights; a LoRA run without one, its base's); Hugging Face's or Meta's, tokenizer.model or tokenizer.json."""
+    ck = resolve(path)
+    if ck is None:
+        return hf.load_tokenizer(path, required=False)
     if os.path.isfile(os.path.join(ck, "meta.json")) and data.has_tokenizer(ck):
-        tokenizer = data.load_tokenizer(ck)
-    return model.eval(), tokenizer
+        return data.load_tokenizer(ck)
+    info = read_info(ck)
+    return tokenizer_of(lora_base(info, ck)) if info.get("lora") else None

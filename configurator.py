@@ -58,8 +58,9 @@ def _typecheck(key, old, new, where):
         return float(new)
     if isinstance(old, (tuple, list)) and isinstance(new, (tuple, list)):
         return type(old)(new)
-    raise InputError(f"{where} sets {key}={new!r} ({type(new).__name__}), but {key} is a {type(old).__name__} "
-                     f"(default {old!r}): give a {type(old).__name__}")
+    kind = {bool: "True or False", int: "an integer", float: "a number", str: "a string",
+            tuple: "a tuple, e.g. ('a',) or ('a', 'b')"}.get(type(old), f"a {type(old).__name__}")
+    raise InputError(f"{where} sets {key}={new!r} ({type(new).__name__}), but {key} takes {kind} (default {old!r})")
 
 
 def _is_nonfinite(text):  # "nan", "inf", "-Infinity": what float() reads and literal_eval does not

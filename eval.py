@@ -46,11 +46,12 @@ import configurator
 import data
 from configurator import InputError
 from files import atomic_write, check_output, write_json
+from tokenizer import same_tokenizer
 
 # -----------------------------------------------------------------------------
 # settings: override with a config file or --key=value (see configurator.py)
 # -----------------------------------------------------------------------------
-init_from = "out/run"  # our run dir or checkpoint dir, a Hugging Face dir, or a Meta checkpoint dir
+init_from = "out/elm_tiny"  # our run dir or checkpoint dir, a Hugging Face dir, or a Meta checkpoint dir
 tokenizer = ""  # "" = the checkpoint's tokenizer; or a tokenizer.model file or a prepared data dir
 tasks = ""  # comma-separated task names (see TASKS), or "all"
 data_dir = "evals"  # task files: {data_dir}/{task}/{split}.jsonl
@@ -539,8 +540,7 @@ def token_split_perplexity(model, data_dir, which, max_len, batch=16, context_le
     if meta["vocab_size"] > model.config.vocab_size:
         raise InputError(f"{data_dir} was tokenized with {meta['vocab_size']} ids but the model has "
                          f"{model.config.vocab_size}: {fix}")
-    probe = "def f(x):\n    return x + 1  # The quick brown fox, 1999."
-    if tok is not None and data.load_tokenizer(data_dir).encode(probe) != tok.encode(probe):
+    if tok is not None and not same_tokenizer(data.load_tokenizer(data_dir), tok):
         raise InputError(f"{data_dir} was tokenized with a different tokenizer than the checkpoint's: {fix}")
     if meta.get("layout") == "rows":
         return _rows_loss(model, data_dir, which, batch)

@@ -8,6 +8,7 @@ The formats themselves are hf.py's (save_model writes LlamaForCausalLM or the Hu
 loads through checkpoint.load_model, so a run, a step folder, a LoRA run (merged), a Hugging Face or a Meta
 directory all work.
 """
+import os
 import sys
 
 import configurator
@@ -47,6 +48,14 @@ def main(argv):
         held = checkpoint.occupant(out)
         if held in ("checkpoints", "prepared data"):  # an earlier export may be replaced
             raise InputError(f"out={out} holds {held}: export to a folder of its own (--out=hf/<name>)")
+        if os.path.isdir(out) and os.path.isdir(init_from) and os.path.samefile(out, init_from):
+            raise InputError(f"out={out} is init_from itself: the export would replace the model it reads; export "
+                             "to a folder of its own (--out=hf/<name>)")
+        others = [f for f in (os.listdir(out) if os.path.isdir(out) else []) if f != ".lock"]
+        if others and held is None:
+            raise InputError(f"out={out} already holds other files ({', '.join(sorted(others)[:3])}"
+                             f"{', ...' if len(others) > 3 else ''}): export to a new or empty folder (an earlier "
+                             "export there would be replaced)")
     model, tok = checkpoint.load_model(init_from, tokenizer=tokenizer)
     if out:
         with sole_writer(out, "out", keep_lock=False):

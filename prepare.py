@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import sysconfig
 import time
@@ -451,9 +452,11 @@ def _clear(out_dir, fingerprint):
     return {"settings": fingerprint, "complete": False, "splits": {k: [] for k in _SPLITS}}
 
 
-def _init_worker(tok, dt):
+def _init_worker(tok, dt, pool=False):
     global _tok, _dtype
     _tok, _dtype = tok, dt
+    if pool:  # Ctrl-C reaches the whole process group: the main process alone handles it (one line, no tracebacks)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _encode_batch(texts):
@@ -559,17 +562,32 @@ def _train_texts(s, skipped=None):
     return (text for key, text in _documents(s, skipped) if split_of(key, s["val_fraction"], s["test_fraction"]) == "train")
 
 
-def _manifest(out_dir, s):
-    """(manifest, resume): what a previous run with the same settings finished, or a fresh start."""
+def _tokenizer_id(tok):
+    return tok.spec if tok.kind == "tiktoken" else hashlib.sha256(open(tok.name, "rb").read()).hexdigest()
+
+
+def _manifest(out_dir, s, tok):
+    """(manifest, resume): what a previous run with the same settings finished, or a fresh start. Finished data
+    (a meta.json) made with other settings or another tokenizer file is refused, never replaced: runs and
+    checkpoints read it, and this run could still fail before it has made anything in its place."""
     fingerprint = {k: v for k, v in s.items() if k not in ("name", "data_root", "num_proc")}
     try:
         with open(os.path.join(out_dir, "manifest.json")) as f:
             manifest = json.load(f)
     except (OSError, ValueError):
         manifest = {}
+    if os.path.isfile(os.path.join(out_dir, "meta.json")):
+        old = manifest.get("settings") or {}
+        changed = [f"{k}={old.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
+        if tok is not None and manifest.get("tokenizer") not in (None, _tokenizer_id(tok)):
+            changed.append(f"the contents of {s['tokenizer']}")
+        if changed or not manifest:
+            how = f"other settings ({', '.join(changed)})" if manifest else "no manifest.json (by hand, or an older prepare.py)"
+            raise InputError(f"{out_dir} already holds data prepared with {how}: give another --name, or delete "
+                             f"{out_dir} to prepare it again")
     resume = manifest.get("settings") == fingerprint and all(
         os.path.isfile(os.path.join(out_dir, d["file"])) for ds in manifest["splits"].values() for d in ds)
-    if not resume:  # new, changed settings, or a lost shard: start over
+    if not resume:  # new, an interrupted run with other settings, or a lost shard: start over
         if manifest:
             print(f"{out_dir}: settings or files changed since the last run, starting over")
         manifest = _clear(out_dir, fingerprint)
@@ -599,7 +617,7 @@ def _tokenize(out_dir, s, tok, dt, manifest):
     known = files and not s["doc_separator"] and not any(f.endswith((".jsonl", ".parquet")) for f in files)
     bar = tqdm(total=len(files) if known else None, unit="doc", desc=f"tokenizing ({s['num_proc']} proc)")
     skipped, batch, chars, tokens, n_seen = [], [], 0, 0, 0
-    pool = Pool(s["num_proc"], _init_worker, (tok, dt)) if s["num_proc"] > 1 else None
+    pool = Pool(s["num_proc"], _init_worker, (tok, dt, True)) if s["num_proc"] > 1 else None
     _init_worker(tok, dt)
     try:
         for i, (key, text) in enumerate(_documents(s, skipped)):
@@ -629,16 +647,16 @@ def prepare_data(out_dir, **overrides):
     os.makedirs(out_dir, exist_ok=True)
     if s["chat_format"]:
         return _prepare_chat(out_dir, s, tok)
-    manifest, resume = _manifest(out_dir, s)
+    manifest, resume = _manifest(out_dir, s, tok)
     tok = _install_tokenizer(out_dir, tok, lambda skipped: _train_texts(s, skipped), s, keep=resume)
-    tok_id = tok.spec if tok.kind == "tiktoken" else hashlib.sha256(open(tok.name, "rb").read()).hexdigest()
+    tok_id = _tokenizer_id(tok)
     if manifest.get("tokenizer") not in (None, tok_id):  # token files made with another tokenizer are useless
         print(f"{out_dir}: the tokenizer changed since the last run, starting over")
         manifest = _clear(out_dir, manifest["settings"])
     manifest["tokenizer"] = tok_id
     dt = token_dtype(tok.vocab_size, s["dtype"])
     if manifest["complete"]:
-        print(f"{out_dir} is up to date (delete its manifest.json to redo it)")
+        print(f"{out_dir} is up to date (delete the folder to prepare it again)")
         return read_meta(out_dir)
     write_json(os.path.join(out_dir, "manifest.json"), manifest)
 
@@ -679,10 +697,13 @@ def _chat_train_texts(s, skipped=None):
 
 def _prepare_chat(out_dir, s, tok):
     """Conversations -> <split>.bin rows of seq_len tokens + <split>.mask.bin. Chat sets fit in memory (Tulu v2's
-    ~0.4B tokens as ~3 bytes a token): everything is held, then written in one go, each file under a temporary name;
-    a re-run redoes it all identically."""
+    ~0.4B tokens as ~3 bytes a token): everything is held, then written in one go, each file under a temporary name
+    (an interrupted run starts again; a finished one is up to date)."""
     src, fractions, T, skipped = s["source"], (s["val_fraction"], s["test_fraction"]), s["seq_len"], []
-    _clear(out_dir, None)  # no stale meta.json over half-written files, no shards of an earlier text run
+    manifest, done = _manifest(out_dir, s, tok)  # else cleared: no stale meta.json over half-written files
+    if done:
+        print(f"{out_dir} is up to date (delete the folder to prepare it again)")
+        return read_meta(out_dir)
     tok = _install_tokenizer(out_dir, tok, lambda skipped: _chat_train_texts(s, skipped), s)
     dt, pad = token_dtype(tok.vocab_size, s["dtype"]), tok.eos_id if tok.pad_id is None else tok.pad_id
 
@@ -720,6 +741,9 @@ def _prepare_chat(out_dir, s, tok):
         splits[k] = {"files": files[:1], "mask_files": files[1:], "documents": len(kept[k]), "rows": len(tokens),
                      "tokens": sum(len(ids) for ids, _ in kept[k]), "trained_tokens": int(mask.sum()), **count[k]}
     meta = write_meta(out_dir, splits, tok, dt, src, layout="rows", seq_len=T, packing=s["packing"], chat_format=fmt)
+    manifest.update(complete=True, tokenizer=_tokenizer_id(tok),
+                    splits={k: [{"file": f} for f in v["files"] + v["mask_files"]] for k, v in splits.items()})
+    write_json(os.path.join(out_dir, "manifest.json"), manifest)
 
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable or non-JSON inputs, first {skipped[0][0]} ({skipped[0][1]})")

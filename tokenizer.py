@@ -151,6 +151,16 @@ class Tokenizer:
         return Tokenizer, (self.spec,)
 
 
+PROBE = "def f(x):\n    return x + 1  # The quick brown fox, 1999. Ünïcode: 東京 😀"
+
+
+def same_tokenizer(a, b):
+    """Whether two tokenizers are one: the same size and the same ids for a probe of code, prose and rarer
+    characters. Two BPEs trained on different text split such a line differently, so data made with another
+    tokenizer of the same size shows here instead of as a model that learns or scores the wrong pieces."""
+    return a.vocab_size == b.vocab_size and a.encode(PROBE) == b.encode(PROBE)
+
+
 def fits(n_tokens, vocab_size):
     """Whether a tokenizer of n_tokens belongs with a model of vocab_size embedding rows. Embeddings are often
     padded a little past the tokenizer (CoreNet's 32128 rows for Llama-2's 32000 pieces, a multiple of 64 for

@@ -39,9 +39,9 @@ import configurator
 import data
 import files
 from configurator import InputError
-from kernels import fast_cpu_bf16
+from kernels import BACKENDS, fast_cpu_bf16
 from model import IGNORE_INDEX, ModelConfig, Transformer
-from tokenizer import fits
+from tokenizer import fits, same_tokenizer
 
 # -----------------------------------------------------------------------------
 # settings: override with a config file and --key=value (configurator.py)
@@ -130,6 +130,9 @@ def refuse_taken(out_dir):
     """A new run (scratch or finetune) needs an out_dir of its own: not another run's (or its own base's, which its
     checkpoints would replace), a data folder or a model's."""
     held = checkpoint.occupant(out_dir)
+    if held == "checkpoints" and checkpoint.step_folders(out_dir) and not checkpoint.latest(out_dir, quiet=True):
+        raise InputError(f"{out_dir} holds checkpoints, none of them whole ({checkpoint.torn(out_dir)}): use another "
+                         "--out_dir, or put the missing files back and continue with --init_from=resume")
     if held == "checkpoints":
         raise InputError(f"{out_dir} already holds checkpoints: continue with --init_from=resume, or use another "
                          "--out_dir (or delete it)")
@@ -151,6 +154,12 @@ def resume_settings(s, sources):
                              f"{', '.join(have) or 'no checkpoints'}): pick one of those steps")
     else:
         resume_from = checkpoint.latest(s["out_dir"])
+    if resume_from is None and checkpoint.torn(s["out_dir"]):
+        raise InputError(f"--init_from=resume but {s['out_dir']} holds no whole checkpoint ({checkpoint.torn(s['out_dir'])}): "
+                         "a save was interrupted or files were deleted; put them back, or train again in a new --out_dir")
+    if resume_from is None and checkpoint.is_checkpoint(s["out_dir"]):
+        raise InputError(f"--init_from=resume continues a run directory, and {s['out_dir']} is one checkpoint: to "
+                         f"train from it, --init_from={s['out_dir']} --out_dir=<new>")
     if resume_from is None:
         raise InputError(f"--init_from=resume but {s['out_dir']} holds no checkpoint: train from scratch first, or "
                          "fix --out_dir")
@@ -193,7 +202,9 @@ def model_settings(s, sources, resume_from):
     try:
         asked = shape_of(ModelConfig(**{**have, **{k: s[k] for k in ARCH if k in sources}}))
     except (ValueError, TypeError) as e:
-        raise InputError(f"with init_from={s['init_from']}, the architecture settings describe no model: {e}")
+        if all(k in FREE for k in ARCH if k in sources):  # a value out of range, such as norm_eps=0
+            raise InputError(f"with init_from={s['init_from']}, the architecture settings describe no model: {e}")
+        asked = (f"no model ({e})", None)  # settings of another model (its multiplier list, say) over this one's
     if asked != shape_of(model):
         raise InputError(f"the settings describe {asked[0]} but init_from={s['init_from']} holds "
                          f"{shape_of(model)[0]}: the architecture comes from the model; drop the architecture "
@@ -214,7 +225,7 @@ def check(s, sources=None):
     """Every setting in its range, before any work: a value torch would refuse later, or one that would train
     nothing and exit 0 (max_iters < 0, an evaluation over no windows), stops here with one line."""
     for name, allowed in (("parallel", ("ddp", "fsdp")), ("dtype", configurator.DTYPES),
-                          ("lr_schedule", ("cosine", "linear"))):
+                          ("lr_schedule", ("cosine", "linear")), ("backend", BACKENDS)):
         if s[name] not in allowed:
             raise InputError(f"{name}={s[name]!r} is not one of {allowed}")
     at_least = {"batch_size": 1, "global_batch_size": 1, "log_interval": 1, "block_size": 1, "max_iters": 0,
@@ -242,6 +253,14 @@ def check(s, sources=None):
     if given and not s["lora_rank"]:
         raise InputError(f"{sources[given[0]]} sets a LoRA option but lora_rank=0 trains every weight: add "
                          "--lora_rank=N (8 or 16 is usual) for adapters")
+    for name, rule, how in (("max_iters", "epochs", "the number of chat rows"), ("lr_decay_iters", "epochs",
+                            "the number of chat rows"), ("warmup_iters", "warmup_ratio", "max_iters")):
+        if s[rule] > 0 and (sources or {}).get(name, "").startswith("--"):  # a config file's count gives way, noted
+            raise InputError(f"{sources[name]} would not be used: {rule}={s[rule]} sets {name} from {how}; add "
+                             f"--{rule}=0 to set {name} yourself")
+    if s["init_from"] not in ("scratch", "resume") and not os.path.isdir(s["init_from"]):
+        raise InputError(f"init_from={s['init_from']}: no such folder; give 'scratch', 'resume', one of our run or "
+                         "checkpoint directories, or a Hugging Face model directory")
     if s["resume_step"] and s["init_from"] != "resume":
         raise InputError("--resume_step picks the checkpoint of a resume: add --init_from=resume")
     configurator.check_device(s["device"])
@@ -647,6 +666,13 @@ def start_model(settings, resume_from, meta, block_size, chat, fsdp, dev, rank, 
             "prepare the data with the model's own tokenizer (python prepare.py --tokenizer=...) and pass its --data_dir"
         raise InputError(f"{s.data_dir}'s tokenizer has {meta['vocab_size']} tokens but the model has "
                          f"vocab_size={config.vocab_size}: {fix}")
+    source = resume_from or base  # a model that comes with its tokenizer: the data must have been made with it
+    theirs = checkpoint.tokenizer_of(source) if source and data.has_tokenizer(s.data_dir) else None
+    if theirs is not None and not same_tokenizer(theirs, data.load_tokenizer(s.data_dir)):
+        fix = "resume on the data the run was trained on (its --data_dir)" if resume_from else \
+            f"prepare the data with the model's tokenizer (python prepare.py --tokenizer={theirs.name} ...)"
+        raise InputError(f"{s.data_dir} was tokenized with a different tokenizer than {source}'s: the model would "
+                         f"learn ids that stand for other pieces; {fix}")
     if block_size > s.block_size:  # chat rows: their length is prepare.py's seq_len (windows are block_size)
         raise InputError(f"the chat rows of {s.data_dir} are {block_size} tokens, longer than block_size="
                          f"{s.block_size}: prepare the data with --seq_len={s.block_size} or less" + (
@@ -699,7 +725,7 @@ def train(settings, resume_from):
     # data, and the schedule's step counts (epochs and warmup_ratio count chat rows)
     meta, train_data, val_data, chat, pad_id, block_size = load_data(settings)
     if s.eval_interval and val_data is None and master:
-        print(f"note: {s.data_dir} has no val split longer than block_size: no val loss")
+        print(f"note: {s.data_dir} has no val {'rows' if chat else 'split longer than block_size'}: no val loss")
     max_iters, schedule = schedule_of(s, len(train_data[0]) if chat else None)
     for name, got, rule in (("max_iters", max_iters, "epochs"), ("warmup_iters", schedule["warmup_iters"], "warmup_ratio"),
                             ("lr_decay_iters", schedule["lr_decay_iters"], "epochs")):
@@ -721,6 +747,13 @@ def train(settings, resume_from):
     if resumes_at > max_iters:  # refused before anything is loaded
         raise InputError(f"the run resumes at step {resumes_at}, past max_iters={max_iters}: raise --max_iters (and "
                          f"--lr_decay_iters with it) to train on")
+    if resumes_at == max_iters:  # a finished run started again (a requeued job, say): nothing to do, and no error
+        if master:
+            print(f"{resume_from} is at step {resumes_at} = max_iters: the run is done (raise --max_iters, and "
+                  "--lr_decay_iters with it, to train on)")
+        if distributed:
+            dist.destroy_process_group()
+        return
     common = dict(rank=rank, world=world, batch_size=s.batch_size, global_batch_size=s.global_batch_size, seed=s.seed)
     batch = functools.partial(get_rows, train_data, **common) if chat else \
         functools.partial(get_batch, train_data, block_size=block_size, pad_id=pad_id, **common)

@@ -98,7 +98,7 @@ def test_train_refuses_bad_input(world, tmp_path):
         (common + ["--out_dir="], "out_dir is empty: name the folder to write"),
         (common + ["--out_dir=."], "is the working directory or holds it"),
         (common + ["--out_dir=.."], "is the working directory or holds it"),
-        (common + ["--max_iters=None"], "sets max_iters=None (NoneType), but max_iters is a int"),
+        (common + ["--max_iters=None"], "sets max_iters=None (NoneType), but max_iters takes an integer"),
         (common + ["--max_iters=2", str(tmp_path / "later.py")], "comes after --max_iters=2 and sets max_iters again"),
         (common + ["--lora_targets=out_proj"], "sets a LoRA option but lora_rank=0 trains every weight"),
         (common + [f"--init_from={w['run']}", "--lora_rank=2", "--lora_alpha=0.0"], "lora_alpha=0.0 scales"),
@@ -240,7 +240,7 @@ def test_sample_refuses_bad_input(world, tmp_path):
         ([f"--init_from={run_dir}", "--stop=(1, 2)"], "give a tuple of non-empty strings"),
         ([f"--init_from={run_dir}", "--stop=('',)"], "give a tuple of non-empty strings"),
         ([f"--init_from={run_dir}", "--seed=-1"], "seed=-1 must be in [0, 2**63)"),
-        ([f"--init_from={run_dir}", "--temperature=None"], "temperature=None (NoneType), but temperature is a float"),
+        ([f"--init_from={run_dir}", "--temperature=None"], "temperature=None (NoneType), but temperature takes a number"),
     ] + [([f"--init_from={run_dir}", "--device=cuda"], "has no CUDA GPU")] * (not torch.cuda.is_available())
     assert_refused("sample", cases, world["root"])
     # with a tokenizer: the generation controls (a SentencePiece model trained on the spot)
@@ -363,6 +363,9 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
         ([f"--init_from={world['run']}", f"--out={tmp_path / 'e'}", "--max_shard_gb=0.0"], "max_shard_gb=0.0 must be"),
         ([f"--init_from={world['run']}", f"--out={world['run']}"], "holds checkpoints: export to a folder of its own"),
         ([f"--init_from={world['run']}", f"--out={world['data']}"], "holds prepared data: export to a folder of its own"),
+        ([f"--init_from={world['hf']}", f"--out={world['hf']}"], "is init_from itself: the export would replace the model"),
+        ([f"--init_from={world['run']}", f"--out={tmp_path / 'in'}"], "already holds other files (broken.json, scan.pdf, "
+                                                                     "sp.model, ...): export to a new or empty folder"),
     ]
     assert_refused("export", cases, world["root"])
     cases = [

@@ -259,9 +259,12 @@ def test_splits_are_by_record_key_and_files_are_identical_on_a_rerun(tok, chats,
         assert tok.decode(first).startswith(f"<|user|>\nQ{want[s][0]}:")
     files = lambda d: {f: open(d / f, "rb").read() for f in sorted(os.listdir(d))}
     before = files(tmp_path / "a")
-    assert sorted(before) == ["meta.json", "test.bin", "test.mask.bin", "tokenizer.model", "train.bin",
+    assert sorted(before) == ["manifest.json", "meta.json", "test.bin", "test.mask.bin", "tokenizer.model", "train.bin",
                               "train.mask.bin", "val.bin", "val.mask.bin"]
-    assert _prepare(tmp_path / "a", path, tok, **kw) == meta and files(tmp_path / "a") == before
+    assert _prepare(tmp_path / "a", path, tok, **kw) == meta and files(tmp_path / "a") == before  # up to date
+    with pytest.raises(InputError, match=r"a already holds data prepared with other settings \(seq_len=128 -> 64\)"):
+        _prepare(tmp_path / "a", path, tok, **{**kw, "seq_len": 64})  # finished data is never replaced
+    assert files(tmp_path / "a") == before
     _prepare(tmp_path / "b", path, tok, **kw)
     assert files(tmp_path / "b") == before
     meta = json.loads(before["meta.json"])
@@ -281,12 +284,17 @@ def test_empty_split_stream_data_and_a_trained_tokenizer(tok, chats, tmp_path):
     P.prepare_data(str(tmp_path / "stream"), source=str(tmp_path / "text"), tokenizer=tok.name, num_proc=1)
     with pytest.raises(InputError, match="holds a token stream, not chat rows: prepare it with --chat_format"):
         data_lib.open_rows(tmp_path / "stream", "train")
-    # no --tokenizer: one is trained on the rendered train conversations, and the stream files of the text run go
-    meta = P.prepare_data(str(tmp_path / "stream"), source=path, chat_format="messages", vocab_size=300, seq_len=128,
+    # a finished text folder is not turned into chat data; in a folder of its own, no --tokenizer: one is trained
+    # on the rendered train conversations
+    with pytest.raises(InputError, match="stream already holds data prepared with other settings"):
+        P.prepare_data(str(tmp_path / "stream"), source=path, chat_format="messages", vocab_size=300, seq_len=128,
+                       num_proc=1)
+    assert data_lib.read_meta(tmp_path / "stream")["layout"] == "stream"
+    meta = P.prepare_data(str(tmp_path / "trained"), source=path, chat_format="messages", vocab_size=300, seq_len=128,
                           num_proc=1)
-    assert meta["vocab_size"] == 300 and not os.path.exists(tmp_path / "stream" / "manifest.json")
-    t = data_lib.load_tokenizer(tmp_path / "stream")
-    tokens, mask = data_lib.open_rows(tmp_path / "stream", "train")
+    assert meta["vocab_size"] == 300
+    t = data_lib.load_tokenizer(tmp_path / "trained")
+    tokens, mask = data_lib.open_rows(tmp_path / "trained", "train")
     assert t.decode(tokens[0][mask[0] == 1].tolist()).startswith("It is ")
 
 

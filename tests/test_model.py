@@ -616,9 +616,9 @@ def test_configurator_applies_file_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--stepz=3"], "unknown setting 'stepz'"),
-    (["--steps=3.5"], "steps is a int"),
-    (["--steps=True"], "steps is a int"),
-    (["--flag=3"], "flag is a bool"),
+    (["--steps=3.5"], "steps takes an integer"),
+    (["--steps=True"], "steps takes an integer"),
+    (["--flag=3"], "flag takes True or False"),
     (["--steps"], "malformed argument"),
     (["nonsense"], "neither a config file"),
     (["missing.py"], "cannot read config file"),

@@ -228,9 +228,39 @@ def test_rerun_resumes_after_the_last_finished_shard(prepared, corpus, sp_model,
     assert runs > 5 and meta2 == meta
     for s in P._SPLITS:
         assert np.array_equal(np.concatenate(data_lib.open_split(out2, s)), data_lib.open_split(prepared, s)[0])
-    # changed settings start over and leave no stale shards behind
-    meta = _run(out, corpus, tokenizer=sp_model, shard_tokens=10**9)
-    assert sorted(f for f in os.listdir(out) if f.endswith(".bin")) == ["test.bin", "train.bin", "val.bin"]
+    # finished data is never replaced by a run with other settings (which could still fail): refused, untouched
+    before = _bytes(out)
+    with pytest.raises(InputError, match=r"r already holds data prepared with other settings \(shard_tokens=2500 -> "
+                                         r"1000000000\): give another --name, or delete .*r to prepare it again$"):
+        _run(out, corpus, tokenizer=sp_model, shard_tokens=10**9)
+    assert _bytes(out) == before
+    # an interrupted run with other settings starts over and leaves no stale shards behind
+    out3 = tmp_path / "r3"
+    monkeypatch.setattr(P._SplitWriter, "_close_shard", close_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out3, corpus, **kw)
+    monkeypatch.setattr(P._SplitWriter, "_close_shard", close)
+    assert len([f for f in os.listdir(out3) if f.endswith(".bin")]) >= 1 and not (out3 / "meta.json").exists()
+    _run(out3, corpus, tokenizer=sp_model, shard_tokens=10**9)
+    assert sorted(f for f in os.listdir(out3) if f.endswith(".bin")) == ["test.bin", "train.bin", "val.bin"]
+
+
+def test_finished_data_is_not_replaced_by_another_tokenizer_or_an_unknown_run(corpus, sp_model, tmp_path):
+    """A tokenizer file whose contents changed under the same path, or a folder with data but no manifest, is
+    refused before anything is written (a trained tokenizer would otherwise replace the folder's own)."""
+    tok = tmp_path / "tok.model"
+    shutil.copy(sp_model, tok)
+    out = tmp_path / "d"
+    _run(out, corpus, tokenizer=str(tok))
+    before = _bytes(out)
+    P.train_tokenizer([_synthetic(i) for i in range(30)], str(tok), vocab_size=300, num_threads=1)
+    with pytest.raises(InputError, match=r"with other settings \(the contents of .*tok.model\)"):
+        _run(out, corpus, tokenizer=str(tok))
+    assert _bytes(out) == before
+    os.remove(out / "manifest.json")
+    with pytest.raises(InputError, match=r"no manifest.json \(by hand, or an older prepare.py\)"):
+        _run(out, corpus, vocab_size=300)
+    assert _bytes(out) == before
 
 
 class _FakeTiktoken:
@@ -382,6 +412,26 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     if importlib.util.find_spec("datasets"):
         line = _cli("--source=hf:no-such-org/no-such-set", f"--data_root={tmp_path}", env={"HF_HUB_OFFLINE": "1"})
         assert "cannot stream Hugging Face dataset 'no-such-org/no-such-set'" in line
+
+
+def test_ctrl_c_while_tokenizing_in_processes_prints_one_line(sp_model, tmp_path):
+    """Ctrl-C reaches the whole process group: the pool's workers leave it to the main process, which prints
+    `interrupted` alone (each worker printed a KeyboardInterrupt traceback before)."""
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "prepare.py", f"--tokenizer={sp_model}", "--num_proc=2",
+                          f"--data_root={tmp_path}", "--name=s"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = ""
+    while "tokenizing (2 proc)" not in seen:  # the stdlib takes tens of seconds: the pool is at work
+        ch = p.stderr.read(1)
+        assert ch, seen
+        seen += ch
+    time.sleep(1)
+    os.killpg(p.pid, signal.SIGINT)
+    err = seen + p.communicate(timeout=120)[1]
+    assert p.returncode == 130 and err.rstrip().endswith("interrupted"), err[-2000:]
+    assert "Traceback" not in err and "Process ForkPoolWorker" not in err, err[-2000:]
 
 
 def test_tiktoken_offline_says_so(tmp_path):

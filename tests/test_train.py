@@ -200,6 +200,21 @@ def test_checkpoint_is_self_contained_with_tokenizer(tmp_path):
     model, tok = checkpoint.load_model(s["out_dir"])
     assert tok is not None and tok.vocab_size == VOCAB and tok.decode(tok.encode("return x")) == "return x"
     assert os.path.isfile(os.path.join(checkpoint.latest(s["out_dir"]), "tokenizer.model"))
+    # data made with another tokenizer of the same size: a finetune or a resume on it is refused, not trained on
+    other = make_data(tmp_path / "other")
+    open(tmp_path / "prose.txt", "w").write("\n".join(f"The {i} red birds sang over cold rivers." for i in range(300)))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "prose.txt"), model_prefix=os.path.join(other, "tokenizer"),
+                                   vocab_size=VOCAB, model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+                                   minloglevel=2)
+    json.dump({**meta, "tokenizer_file": "tokenizer.model"}, open(os.path.join(other, "meta.json"), "w"))
+    with pytest.raises(InputError, match=r"other was tokenized with a different tokenizer than .*tok's: the model would "
+                                         r"learn ids that stand for other pieces; prepare the data with the model's "
+                                         r"tokenizer \(python prepare.py --tokenizer=.*step_0000001/tokenizer.model"):
+        run(**base(tmp_path, other, "ft", init_from=s["out_dir"], max_iters=1))
+    with pytest.raises(InputError, match=r"different tokenizer than .*step_0000001's: .* resume on the data the run "
+                                         r"was trained on \(its --data_dir\)"):
+        run(**{**s, "data_dir": other, "init_from": "resume", "max_iters": 2})
+    run(**{**s, "init_from": "resume", "max_iters": 2})  # its own data: the same tokenizer
 
 
 def test_finetune_from_our_checkpoint(tmp_path, data, capsys):
@@ -209,8 +224,8 @@ def test_finetune_from_our_checkpoint(tmp_path, data, capsys):
                                          r"but init_from=.*pre holds 2 layers x 32 \(vocab 64, query heads 4, FFN "
                                          r"64\): the architecture comes from the model"):
         run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=7))
-    with pytest.raises(InputError, match=r"with init_from=.*pre, the architecture settings describe no model: "
-                                         r"head_dim must be even for RoPE, got 25"):
+    with pytest.raises(InputError, match=r"the settings describe no model \(head_dim must be even for RoPE, got 25\) "
+                                         r"but init_from=.*pre holds 2 layers x 32 .*: the architecture comes from"):
         run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_embd=100))  # 4 heads of 25
     with pytest.raises(InputError, match=r"the settings describe 12 layers"):  # asked for, though it is the default
         run(**base(tmp_path, data, "ft", init_from=s["out_dir"], max_iters=1, n_layer=12))
@@ -270,12 +285,27 @@ def test_bad_paths_and_settings_are_refused(tmp_path, data):
                        ({"init_from": "resume"}, "holds no checkpoint"),
                        ({"data_dir": str(tmp_path / "nodata")}, "prepare the data first"),
                        ({"vocab_size": 32}, "set --vocab_size=64"),
-                       ({"block_size": 7000}, "longer than block_size")):
+                       ({"block_size": 7000}, "longer than block_size"),
+                       ({"backend": "cuda"}, r"backend='cuda' is not one of \('auto', 'triton', 'sdpa', 'eager'\)"),
+                       ({"init_from": str(tmp_path / "scratch2")}, r"init_from=.*scratch2: no such folder; give "
+                                                                   r"'scratch', 'resume', one of our run")):
         with pytest.raises(InputError, match=msg):
             run(**{**s, **extra})
     run(**{**s, "max_iters": 1})
     with pytest.raises(InputError, match="already holds checkpoints"):
         run(**{**s, "max_iters": 1})
+    step = os.path.join(s["out_dir"], "step_0000001")
+    with pytest.raises(InputError, match=r"--init_from=resume continues a run directory, and .*step_0000001 is one "
+                                         r"checkpoint: to train from it, --init_from=.*step_0000001 --out_dir=<new>"):
+        run(**{**s, "out_dir": step, "init_from": "resume", "max_iters": 2})
+    os.remove(os.path.join(step, "train.json"))  # the only checkpoint torn: every entry point says so
+    whole = r"no whole checkpoint \(step_0000001 lacks train.json or .metadata\)"
+    with pytest.raises(InputError, match=r"--init_from=resume but .*bad holds " + whole + ": a save was interrupted"):
+        run(**{**s, "init_from": "resume", "max_iters": 2})
+    with pytest.raises(InputError, match=r"bad holds checkpoints, none of them whole \(step_0000001 lacks"):
+        run(**{**s, "max_iters": 1})
+    with pytest.raises(InputError, match=r"bad holds " + whole):
+        checkpoint.load_model(s["out_dir"])
 
 
 # ----------------------------------------------------------------------------- torchrun: DDP and FSDP2 on CPU
@@ -382,21 +412,35 @@ def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path, capsys):
     json.dump({"tokenizer": "sentencepiece", "tokenizer_file": None, "vocab_size": VOCAB, "dtype": "uint16", "bos_id": 1,
                "eos_id": 2, "pad_id": None, "source": "handmade", "splits": {"train": split}, "layout": "rows",
                "seq_len": 8, "packing": "padded", "chat_format": "messages"}, open(d / "meta.json", "w"))
-    log = run(**base(tmp_path, str(d), "ep", epochs=3.0, warmup_ratio=0.2, lr_schedule="linear", min_lr=0.0))
+    with pytest.raises(InputError, match=r"--max_iters=4 would not be used: epochs=3.0 sets max_iters from the number "
+                                         r"of chat rows; add --epochs=0 to set max_iters yourself"):
+        run(**base(tmp_path, str(d), "ep", epochs=3.0, warmup_ratio=0.2))  # a count asked for is never dropped
+    with pytest.raises(InputError, match=r"--warmup_iters=2 would not be used: warmup_ratio=0.2 sets warmup_iters"):
+        run(**base(tmp_path, str(d), "ep", warmup_ratio=0.2))
+    (tmp_path / "ep.py").write_text("max_iters = 4\nwarmup_iters = 2\nlr_decay_iters = 8\n")  # a recipe's counts
+    counts = ("max_iters", "warmup_iters", "lr_decay_iters")
+    kw = {k: v for k, v in base(tmp_path, str(d), "ep", epochs=3.0, warmup_ratio=0.2, lr_schedule="linear",
+                                min_lr=0.0).items() if k not in counts}
+    train.main([str(tmp_path / "ep.py"), *args(**kw)])
+    log = [json.loads(line) for line in open(kw["log_file"])]
     assert [r["step"] for r in log] == list(range(1, 9))  # ceil(3 * 10 / 4) = 8 steps
     lrs = [r["lr"] for r in log]  # warmup ceil(0.2 * 8) = 2 steps from warmup_init_lr, then linear to 0 at step 8
     assert math.isclose(lrs[2], 3e-3) and math.isclose(lrs[5], 3e-3 * 3 / 6) and lrs[1] < lrs[2]
-    out = capsys.readouterr().out  # the step counts given (base's 4, 2 and 8) are replaced, and the run says so
+    out = capsys.readouterr().out  # the config file's step counts (4, 2 and 8) are replaced, and the run says so
     assert ("note: epochs=3.0 sets max_iters=8 (not the 4 of the settings)" in out and
             "note: warmup_ratio=0.2 sets warmup_iters=2" not in out)  # 2 either way: no note
     saved = checkpoint.read_info(checkpoint.latest(str(tmp_path / "ep")))["settings"]  # the counts that trained
     assert (saved["max_iters"], saved["warmup_iters"], saved["lr_decay_iters"]) == (8, 2, 8)
-    (tmp_path / "ep.py").write_text("max_iters = 4\nwarmup_iters = 2\nlr_decay_iters = 8\n")  # base()'s counts
     train.main([str(tmp_path / "ep.py"), *args(init_from="resume", out_dir=str(tmp_path / "ep"), epochs=6.0)])
     assert checkpoint.read_info(checkpoint.latest(str(tmp_path / "ep")))["step"] == 15  # ceil(6 * 10 / 4)
+    capsys.readouterr()
+    train.main([str(tmp_path / "ep.py"), *args(init_from="resume", out_dir=str(tmp_path / "ep"), epochs=6.0)])
+    assert "step_0000015 is at step 15 = max_iters: the run is done" in capsys.readouterr().out  # and exits 0
+    with pytest.raises(InputError, match=r"resumes at step 15, past max_iters=8"):
+        train.main([str(tmp_path / "ep.py"), *args(init_from="resume", out_dir=str(tmp_path / "ep"), epochs=3.0)])
     with pytest.raises(InputError, match=r"the chat rows of .*rows are 8 tokens, longer than block_size=4: prepare "
                                          r"the data with --seq_len=4 or less, or raise --block_size to 8$"):
-        run(**base(tmp_path, str(d), "short", epochs=1.0, block_size=4))
+        run(**{k: v for k, v in base(tmp_path, str(d), "short", epochs=1.0, block_size=4).items() if k not in counts})
     with pytest.raises(InputError, match="--epochs needs chat"):  # a token stream has no epochs to count
         train.schedule_of(train.SimpleNamespace(**{**train.settings_for([], {}), "epochs": 1.0}), None)
 
