@@ -102,6 +102,16 @@ def configure(scope, argv, sources=None):
     settings in effect, for printing and for the checkpoint. `sources`, a dict, receives for every key that was
     set where it was set: the config file's path, or the --key=value argument."""
     keys, given = _settings(scope), {}
+    if "-h" in argv or "--help" in argv:  # the script's docstring and its settings block, as the file has them
+        lines = [line.rstrip() for line in open(scope["__file__"], encoding="utf-8")
+                 if re.match(r"[a-z_][a-z0-9_]* = ", line) and line.split(" = ")[0] in keys]
+        try:
+            print(f"{(scope.get('__doc__') or '').strip()}\n\nsettings, with their defaults (change them with "
+                  "--key=value, or a config file of key = value lines first):\n" + "\n".join("  " + s for s in lines),
+                  flush=True)
+        except BrokenPipeError:  # `| head` took what it wanted: no traceback, and none when Python flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     for arg in argv:
         if not arg.startswith("--"):
             if not arg.endswith(".py"):

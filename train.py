@@ -123,7 +123,7 @@ SETTINGS = [k for k, v in globals().items() if k.islower() and not k.startswith(
 
 def settings_for(argv, sources):
     """Defaults, then the config file, then --key=value; `sources` receives where each setting given came from."""
-    return configurator.configure({k: globals()[k] for k in SETTINGS} | {"__file__": __file__}, argv, sources)
+    return configurator.configure({k: globals()[k] for k in SETTINGS} | {"__file__": __file__, "__doc__": __doc__}, argv, sources)
 
 
 def refuse_taken(out_dir):
@@ -724,6 +724,14 @@ def train(settings, resume_from):
 
     # data, and the schedule's step counts (epochs and warmup_ratio count chat rows)
     meta, train_data, val_data, chat, pad_id, block_size = load_data(settings)
+    # a micro-step's logits and their gradient alone: more than the device holds is a typo, not a slow run
+    logits = 2 * s.batch_size * block_size * s.vocab_size * (4 if ptdtype == torch.float32 else 2)
+    memory = (torch.cuda.get_device_properties(dev).total_memory if device_type == "cuda" else
+              os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device_type == "cpu" else 0)
+    if memory and logits > memory:
+        raise InputError(f"a micro-step of batch_size={s.batch_size} x {block_size} tokens makes {logits / 2**30:,.1f} "
+                         f"GB of logits and their gradient, more than the {memory / 2**30:,.1f} GB of this {device_type}: "
+                         "lower --batch_size (global_batch_size accumulates the rest) or --block_size")
     if s.eval_interval and val_data is None and master:
         print(f"note: {s.data_dir} has no val {'rows' if chat else 'split longer than block_size'}: no val loss")
     max_iters, schedule = schedule_of(s, len(train_data[0]) if chat else None)

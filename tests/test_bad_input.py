@@ -379,6 +379,17 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
     assert_refused("weight_diff", cases, world["root"])
 
 
+def test_help_lists_the_settings_with_their_defaults():
+    for script, doc, line in (("train.py", "Pretraining and finetuning of OpenELM and LLaMA.", "  learning_rate = 3e-4\n"),
+                              ("sample.py", "Generation from our checkpoints", "  temperature = 0.8  # 0 = greedy\n"),
+                              ("prepare.py", "", "  vocab_size = 8192"), ("eval.py", "", '  init_from = "out/elm_tiny"')):
+        for flag in ("--help", "-h") if script == "train.py" else ("--help",):
+            p = subprocess.run([sys.executable, script, "configs/elm_tiny.py", flag], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120)
+            assert p.returncode == 0 and p.stdout.strip().startswith(doc) and line in p.stdout, (script, p.stderr[-500:])
+            assert "settings, with their defaults" in p.stdout and "ARCH" not in p.stdout
+
+
 def test_a_real_command_line_and_torchrun_print_one_line(world, tmp_path):
     p = subprocess.run([sys.executable, "train.py", f"--data_dir={world['data']}", f"--out_dir={tmp_path / 'x'}",
                         "--max_iters=-3"], cwd=ROOT, capture_output=True, text=True)

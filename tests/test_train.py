@@ -286,6 +286,8 @@ def test_bad_paths_and_settings_are_refused(tmp_path, data):
                        ({"data_dir": str(tmp_path / "nodata")}, "prepare the data first"),
                        ({"vocab_size": 32}, "set --vocab_size=64"),
                        ({"block_size": 7000}, "longer than block_size"),
+                       ({"batch_size": 10**8, "global_batch_size": 10**8}, r"a micro-step of batch_size=100000000 x "
+                        r"32 tokens makes [\d,.]+ GB of logits and their gradient, more than the [\d,.]+ GB of this cpu"),
                        ({"backend": "cuda"}, r"backend='cuda' is not one of \('auto', 'triton', 'sdpa', 'eager'\)"),
                        ({"init_from": str(tmp_path / "scratch2")}, r"init_from=.*scratch2: no such folder; give "
                                                                    r"'scratch', 'resume', one of our run")):
