@@ -196,6 +196,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
         print(f"note: max_new_tokens cut from {max_new_tokens} to {block - T} to fit {context} of {block}", file=sys.stderr)
         max_new_tokens = block - T
     speculate = bool(prompt_lookup_num_tokens) or assistant_model is not None
+    if prompt_lookup_num_tokens and assistant_model is not None:
+        raise InputError("prompt_lookup_num_tokens and assistant_model are two ways of proposing drafts: give one")
     if speculate and B != 1:
         raise InputError(f"speculative decoding runs one sequence at a time, got a batch of {B}: loop over prompts")
     if assistant_model is not None and assistant_model.config.vocab_size != V:

@@ -293,6 +293,8 @@ def test_bad_input_gets_one_clear_line(monkeypatch):
         (lambda: sample.generate(model, torch.ones(1, 96, dtype=torch.long), 5), "context is 96"),
         (lambda: sample.generate(model, PROMPT, 5, assistant_model=tiny_llama(1, vocab_size=64)), "share the target's tokenizer"),
         (lambda: sample.generate(model, PROMPT.repeat(2, 1), 5, prompt_lookup_num_tokens=3), "one sequence at a time"),
+        (lambda: sample.generate(model, PROMPT, 5, prompt_lookup_num_tokens=3, assistant_model=tiny_llama(1)),
+         "two ways of proposing drafts: give one"),
         (lambda: sample.generate(model, PROMPT[:, :3], 5, attention_mask=torch.tensor([[1, 0, 1]])), "left padding"),
         (lambda: load_with(model, type("Big", (CharTokenizer,), {"vocab_size": 500})()), "--tokenizer="),
         (lambda: load_with(tiny_llama(0, vocab_size=8192), CharTokenizer()), "--tokenizer="),
