@@ -126,7 +126,7 @@ def test_json_tokenizer_through_prepare_train_checkpoint_and_export(tmp_path, by
 
 def test_folders_that_hold_no_model_we_read_get_one_line(tmp_path, byte_json):
     shutil.copytree(byte_json, tmp_path / "tok_only")
-    with pytest.raises(InputError, match=r"holds a tokenizer \(tokenizer.json\) but no model .*--init_from at the model's"):
+    with pytest.raises(InputError, match=r"holds a tokenizer \(tokenizer.json\) but no model .*give the model's directory instead"):
         checkpoint.load_model(str(tmp_path / "tok_only"))
     (tmp_path / "m.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))
     for where in (tmp_path / "m.gguf", tmp_path):
