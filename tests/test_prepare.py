@@ -420,7 +420,8 @@ def test_ctrl_c_while_tokenizing_in_processes_prints_one_line(sp_model, tmp_path
     import signal
     p = subprocess.Popen([sys.executable, "prepare.py", f"--tokenizer={sp_model}", "--num_proc=2",
                           f"--data_root={tmp_path}", "--name=s"], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a shell's `&` ignores it
     seen = ""
     while "tokens=" not in seen:  # the pool's first batch is in: its workers are up, and seconds of work remain
         ch = p.stderr.read(1)
