@@ -3,9 +3,13 @@ End-to-end comparisons against the reference implementations, each run side by s
 sub-command per section:
 
     python bench.py decode            batch-1 generation: ours vs transformers generate(), prompt lookup, GPU roofline
+                                      [--quick] [--new=N] [--threads=N] [--init_from=PATH] [--data_dir=PATH]
     python bench.py train             training tokens/s vs nanoGPT and HF Llama (CPU), elm_tiny vs GPT bits/byte, GPU MFU
-    python bench.py train throughput  one part only: throughput | compiled | bpb | mfu
+    python bench.py train throughput  one part only: throughput | compiled | bpb | mfu; [--rounds=N]
     python bench.py finetune          instruction tuning of elm_tiny on stdlib functions: full vs LoRA (CPU)
+    python bench.py gpu               the prepared GPU check (make gpu): [--out=DIR] [--cpu] [--scale=X]
+
+Paths are relative to the repository root, where these run (decode's model: out/llama_tiny; bpb's: out/elm_tiny).
 
 The kernels' own timings (Triton vs SDPA and eager; the CPU ops) are beside them: python -m kernels.bench.
 Each section is a plain function taking the remaining arguments; add a new one to SECTIONS.
@@ -403,7 +407,8 @@ def bench_train_bpb(run_dir="out/elm_tiny"):
     import checkpoint
     if checkpoint.latest(run_dir) is None:
         print(f"no checkpoint in {run_dir}: training it first (python train.py configs/elm_tiny.py)")
-        subprocess.run([sys.executable, "train.py", "configs/elm_tiny.py", f"--out_dir={run_dir}"], check=True)
+        if subprocess.run([sys.executable, "train.py", "configs/elm_tiny.py", f"--out_dir={run_dir}"]).returncode:
+            raise InputError(f"training {run_dir} failed (its error is above): fix that, or train it yourself first")
     ours, _ = checkpoint.load_model(run_dir)
     s = checkpoint.read_info(checkpoint.latest(run_dir))["settings"]
     B, T, iters, data_dir = s["batch_size"], s["block_size"], s["max_iters"], s["data_dir"]

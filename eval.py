@@ -683,7 +683,7 @@ def harness_model_class():
 
 def main(argv):
     # only the settings above are configurable, not the TASKS table or other module constants
-    settings = configurator.configure({**{k: globals()[k] for k in _SETTINGS}, "__file__": __file__}, argv)
+    settings = configurator.configure({**{k: globals()[k] for k in _SETTINGS}, "__file__": __file__, "__doc__": __doc__}, argv)
     globals().update(settings)
     configurator.print_settings(settings)
     names = task_names(tasks) if tasks else []
@@ -697,6 +697,9 @@ def main(argv):
         return download_tasks(names or list(TASKS), data_dir)
     if not (names or ppl or text):
         raise InputError("nothing to evaluate: pass --tasks=arc_easy,..., --ppl=data/<name> or --text=file.txt")
+    if limit and not names:
+        raise InputError(f"--limit={limit} counts the documents of --tasks, and none are given: --ppl scores the whole "
+                         "split (--max_tokens=N reads at most N tokens a shard)")
     model, tok = load(init_from, tokenizer, configurator.check_device(device), configurator.torch_dtype(dtype))
     if int8:
         import quantize

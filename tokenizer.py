@@ -48,9 +48,9 @@ class Tokenizer:
         if os.path.isdir(path):
             path = tokenizer_file(path)
         if not os.path.isfile(path):
-            raise InputError(f"tokenizer file {path!r} not found: give a SentencePiece .model file, a "
-                             "tokenizer.json or 'tiktoken:<encoding>' (or leave --tokenizer empty: prepare.py then trains one, "
-                             "sample.py and eval.py use the checkpoint's)")
+            raise InputError(f"tokenizer file {path!r} not found: give a SentencePiece .model file, a tokenizer.json, "
+                             "a folder holding one or 'tiktoken:<encoding>' (sample.py and eval.py take a prepared data "
+                             "folder too); or leave --tokenizer empty: the checkpoint's, or in prepare.py a trained one")
         self.name, self.files = path, [path]
         (self._open_json if path.endswith(".json") else self._open_sentencepiece)(path)
 

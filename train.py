@@ -51,7 +51,7 @@ data_dir = "data/stdlib"  # made by prepare.py: token files, meta.json, tokenize
 init_from = "scratch"  # "scratch", "resume" (out_dir's latest checkpoint), or a path: our checkpoint or a HF model dir
 resume_step = 0  # with init_from="resume": continue from out_dir's checkpoint of this step instead of the latest
 save_interval = 1000  # steps between checkpoints; 0 = only at the end, -1 = never (benchmarks)
-keep_last = 3  # checkpoints kept in out_dir (0 = all)
+keep_last = 3  # checkpoints kept in out_dir (0 = all); the two newest from outside a loss spike stay too
 eval_interval = 250  # steps between val-loss evaluations (0 = never)
 eval_windows = 320  # the val set: this many fixed windows of block_size (chat data: the first this many rows)
 log_interval = 10  # steps between log lines
@@ -513,6 +513,9 @@ def precision(dtype, device_type, fsdp):
     if dtype == "bfloat16" and device_type == "cpu" and not fast_cpu_bf16():
         dtype = "float32"  # bf16 matmuls are emulated without AVX512 (65x slower than fp32 on an AVX2 EPYC)
         print("note: this CPU has no fast bfloat16 (no AVX512): training in float32")
+    if dtype == "float16" and device_type == "cpu":
+        dtype = "float32"  # fp16 autocast on a CPU runs emulated kernels, about 50x slower than fp32 on this EPYC
+        print("note: a CPU has no fast float16: training in float32")
     if fsdp and dtype == "float16":
         raise InputError("FSDP here runs bfloat16 or float32, not float16: use --dtype=bfloat16")
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores where fp32 remains

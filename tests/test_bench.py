@@ -13,6 +13,7 @@ import bench
 import data
 import eval as ev
 import sample
+from configurator import InputError
 from conftest import ROOT, TINY, TINY_ELM, VOCAB, base, make_data, run
 from model import ModelConfig, Transformer
 
@@ -83,6 +84,10 @@ def test_bpb_section_runs_end_to_end_on_a_tiny_run(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     steps = int(re.search(r"GPT trains (\d+) steps", out).group(1))
     assert steps >= 1 and re.search(rf"\| nanoGPT GPT .* \| {steps} \(", out)
+    # no run yet, and training it fails (no data, say): one line, not CalledProcessError's traceback
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 2))
+    with pytest.raises(InputError, match=r"training .*none failed \(its error is above\): fix that, or train it"):
+        bench.bench_train_bpb(run_dir=str(tmp_path / "none"))
 
 
 def test_throughput_counts_the_rounds_ours_won(capsys, monkeypatch):

@@ -360,6 +360,10 @@ def test_bad_input(task_dir, tmp_path, model, tok, monkeypatch):
         ev.load("out/x")
     r = subprocess.run([sys.executable, "eval.py", "--tasks=piqa,nope"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: unknown task 'nope'")
+    r = subprocess.run([sys.executable, "eval.py", "--ppl=data/x", "--limit=2"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (  # it was ignored: the whole split was scored
+        "error: --limit=2 counts the documents of --tasks, and none are given: --ppl scores the whole split "
+        "(--max_tokens=N reads at most N tokens a shard)")
 
 
 # ----------------------------------------------------------------------------- lm-evaluation-harness parity

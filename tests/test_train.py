@@ -458,6 +458,10 @@ def test_bf16_on_a_cpu_without_fast_bf16_trains_in_float32(monkeypatch, capsys):
     monkeypatch.setattr(train, "fast_cpu_bf16", lambda: True)
     dtype, autocast, _ = train.precision("bfloat16", "cpu", False)
     assert dtype == torch.bfloat16 and isinstance(autocast, torch.autocast)
+    capsys.readouterr()
+    dtype, autocast, scaler = train.precision("float16", "cpu", False)  # emulated on every CPU: 50x slower
+    assert dtype == torch.float32 and not isinstance(autocast, torch.autocast) and not scaler.is_enabled()
+    assert "note: a CPU has no fast float16: training in float32" in capsys.readouterr().out
 
 
 MALLINFO = """
