@@ -482,6 +482,13 @@ def doc_metrics(name, doc, lls):
 def evaluate(model, tok, names, data_dir, num_fewshot=0, limit=0, batch=16, max_len=None, bos=True, seed=1234):
     """Run the named tasks; returns the harness-shaped results dict (results, versions, n-shot)."""
     max_len = max_len or model.config.block_size
+    splits = [(n, s) for n in names for s in dict.fromkeys([TASKS[n].split] + [TASKS[n].fewshot_split] * (
+        num_fewshot > 0 and n != "truthfulqa_mc2"))]  # the eval split, then the few-shot one where shots are drawn
+    missing = [f"{n}/{s}.jsonl" for n, s in splits if not os.path.isfile(os.path.join(data_dir, n, f"{s}.jsonl"))]
+    if len(missing) > 1:  # all at once, not one per run (read_docs names a lone one, with what the file holds)
+        need = ",".join(dict.fromkeys(m.split("/")[0] for m in missing))
+        raise InputError(f"task data not found in {data_dir}: {', '.join(missing)}: run `python eval.py --tasks={need} "
+                         f"--data_dir={data_dir} --download=True` (needs datasets and network), or write those files")
     res = {"results": {}, "versions": {}, "n-shot": {}}
     for name in names:
         t0, t = time.time(), TASKS[name]

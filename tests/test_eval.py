@@ -348,6 +348,9 @@ def test_bad_input(task_dir, tmp_path, model, tok, monkeypatch):
         ev.task_names("arc_easy,arc_eazy")
     with pytest.raises(InputError, match="task data .* not found: run .*--download=True"):
         ev.evaluate(model, tok, ["piqa"], str(tmp_path))
+    with pytest.raises(InputError, match=r"task data not found in .*: piqa/validation.jsonl, piqa/train.jsonl, "
+                                         r"boolq/validation.jsonl, boolq/train.jsonl: run `python eval.py --tasks=piqa,boolq --data_dir="):
+        ev.evaluate(model, tok, ["piqa", "boolq"], str(tmp_path), num_fewshot=1)  # every missing file in one line
     with pytest.raises(InputError, match="boolq has 6 few-shot examples, too few"):
         ev.evaluate(model, tok, ["boolq"], task_dir, num_fewshot=POOL_N + 1)
     import checkpoint
