@@ -19,7 +19,6 @@ import contextlib
 import copy
 import math
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -501,29 +500,19 @@ def bench_train(args):
 
 # ----------------------------------------------------------------------------- finetune (CPU): instruction tuning
 
-def prepared_own(folder, **settings):
-    """prepare.prepare_data into a folder this script owns: reused when its settings match, made again when it
-    holds data made otherwise (another checkpoint's tokenizer, an older prepare.py), which prepare.py refuses
-    to replace in a folder a user may depend on."""
-    import prepare
-    try:
-        return prepare.prepare_data(folder, **settings)
-    except InputError:
-        shutil.rmtree(folder, ignore_errors=True)
-        return prepare.prepare_data(folder, **settings)
-
-
 def bench_finetune(args, run_dir="out/elm_tiny", steps=150):
     """Instruction tuning on the CPU: elm_tiny (from `make demo`) tuned to answer "write the function f(...)" with its
     stdlib source, fully and with LoRA, the same steps and batches; loss per reply token on held-out functions."""
+    import shutil
     import checkpoint
     import lora
+    import prepare
     if checkpoint.resolve(run_dir) is None:
         raise InputError(f"bench.py finetune tunes {run_dir}: train it first (make demo)")
     chat = "data/stdlib_chat"
-    settings = dict(source="stdlib_functions", chat_format="messages", seq_len=256, overlong="drop", val_fraction=0.05,
-                    test_fraction=0.0, num_proc=1, tokenizer=os.path.join(checkpoint.resolve(run_dir), "tokenizer.model"))
-    meta = prepared_own(chat, **settings)
+    meta = prepare.prepare_data(chat, source="stdlib_functions", chat_format="messages", seq_len=256, overlong="drop",
+                                val_fraction=0.05, test_fraction=0.0, num_proc=1, replace=True,  # this section's own
+                                tokenizer=os.path.join(checkpoint.resolve(run_dir), "tokenizer.model"))
     sp = meta["splits"]
     print(f"{sp['train']['rows']} train / {sp['val']['rows']} val stdlib-function conversations "
           f"(dropped {sp['train']['dropped'] + sp['val']['dropped']} longer than 256 tokens)")

@@ -421,8 +421,9 @@ def _load(path, device, dtype):
         if os.path.isfile(tok):
             raise InputError(f"{path} holds a tokenizer ({os.path.basename(tok)}) but no model (no config.json or "
                              f"weights): give the model's directory instead, and --tokenizer={path} if it lacks one")
-        if torn(path):
-            raise InputError(f"{path} holds no whole checkpoint ({torn(path)}): a save was interrupted or files were "
+        lacks = torn(path)
+        if lacks:
+            raise InputError(f"{path} holds no whole checkpoint ({lacks}): a save was interrupted or files were "
                              "deleted; put them back, or load another run")
         raise InputError(f"{path} holds no checkpoint (no 'latest' pointer, train.json or config.json): train one "
                          "with train.py, or point at a Hugging Face model directory")

@@ -1,12 +1,12 @@
 """
 Perplexity and lm-evaluation-harness-style multiple-choice evaluation of our checkpoints.
 
-    python eval.py --init_from=out/run --tasks=arc_easy,piqa --data_dir=evals --num_fewshot=0
-    python eval.py --init_from=out/run --tasks=mmlu --num_fewshot=5        # the OpenELM/OpenLLaMA MMLU recipe
-    python eval.py --init_from=out/run --ppl=data/stdlib --split=test      # perplexity + bits per byte
-    python eval.py --init_from=out/run --text=notes.txt                    # perplexity of raw text
-    python eval.py --tasks=all --download=True                             # fetch the public data (datasets + network)
-    python eval.py harness --model nanoelm --model_args path=out/run --tasks arc_easy   # the official lm_eval CLI
+    python eval.py --init_from=out/elm_tiny --tasks=arc_easy,piqa --data_dir=evals --num_fewshot=0
+    python eval.py --init_from=out/elm_tiny --tasks=mmlu --num_fewshot=5    # the OpenELM/OpenLLaMA MMLU recipe
+    python eval.py --init_from=out/elm_tiny --ppl=data/stdlib --split=test  # perplexity + bits per byte
+    python eval.py --init_from=out/elm_tiny --text=notes.txt                # perplexity of raw text
+    python eval.py --tasks=all --download=True                              # fetch the public data (datasets + network)
+    python eval.py harness --model nanoelm --model_args path=out/elm_tiny --tasks arc_easy   # the official lm_eval CLI
 
 Scoring follows lm-evaluation-harness 0.4 (HFLM with add_bos_token=True, as OpenELM is evaluated):
   - a request is (context, continuation): trailing spaces of the context move onto the continuation, the

@@ -40,6 +40,7 @@ from tokenizer import Tokenizer, chat_text, encode_chat, turns
 source = "stdlib"  # "stdlib" (this interpreter's standard library), "stdlib_functions" (an instruction set made from it), a .txt/.jsonl/.parquet file or folder, or "hf:<dataset>"
 
 name = ""  # output folder data_root/<name>; "" derives it from the source
+replace = False  # a folder holding finished data made otherwise: False refuses it, True prepares it again in its place
 data_root = "data"  # where the <name> folder goes
 tokenizer = ""  # "" trains a SentencePiece BPE on the train split; or path/to/tokenizer.model or tokenizer.json; or "tiktoken:gpt2"
 vocab_size = 8192  # vocabulary of the trained tokenizer (ignored for an existing one)
@@ -568,9 +569,9 @@ def _tokenizer_id(tok):
 
 def _manifest(out_dir, s, tok):
     """(manifest, resume): what a previous run with the same settings finished, or a fresh start. Finished data
-    (a meta.json) made with other settings or another tokenizer file is refused, never replaced: runs and
+    (a meta.json) made with other settings or another tokenizer file is refused unless replace: runs and
     checkpoints read it, and this run could still fail before it has made anything in its place."""
-    fingerprint = {k: v for k, v in s.items() if k not in ("name", "data_root", "num_proc")}
+    fingerprint = {k: v for k, v in s.items() if k not in ("name", "data_root", "num_proc", "replace")}
     try:
         with open(os.path.join(out_dir, "manifest.json")) as f:
             manifest = json.load(f)
@@ -583,8 +584,11 @@ def _manifest(out_dir, s, tok):
             changed.append(f"the contents of {s['tokenizer']}")
         if changed or not manifest:
             how = f"other settings ({', '.join(changed)})" if manifest else "no manifest.json (by hand, or an older prepare.py)"
-            raise InputError(f"{out_dir} already holds data prepared with {how}: give another --name, or delete "
-                             f"{out_dir} to prepare it again")
+            if not s["replace"]:
+                raise InputError(f"{out_dir} already holds data prepared with {how}: give another --name, or "
+                                 "--replace=True to prepare it again in its place")
+            print(f"{out_dir}: replacing data prepared with {how}")
+            manifest = {}  # nothing of it resumes
     resume = manifest.get("settings") == fingerprint and all(
         os.path.isfile(os.path.join(out_dir, d["file"])) for ds in manifest["splits"].values() for d in ds)
     if not resume:  # new, an interrupted run with other settings, or a lost shard: start over

@@ -130,9 +130,10 @@ def refuse_taken(out_dir):
     """A new run (scratch or finetune) needs an out_dir of its own: not another run's (or its own base's, which its
     checkpoints would replace), a data folder or a model's."""
     held = checkpoint.occupant(out_dir)
-    if held == "checkpoints" and checkpoint.step_folders(out_dir) and not checkpoint.latest(out_dir, quiet=True):
-        raise InputError(f"{out_dir} holds checkpoints, none of them whole ({checkpoint.torn(out_dir)}): use another "
-                         "--out_dir, or put the missing files back and continue with --init_from=resume")
+    lacks = checkpoint.torn(out_dir) if held == "checkpoints" and not checkpoint.latest(out_dir, quiet=True) else None
+    if lacks:
+        raise InputError(f"{out_dir} holds checkpoints, none of them whole ({lacks}): use another --out_dir, or put "
+                         "the missing files back and continue with --init_from=resume")
     if held == "checkpoints":
         raise InputError(f"{out_dir} already holds checkpoints: continue with --init_from=resume, or use another "
                          "--out_dir (or delete it)")
@@ -154,9 +155,10 @@ def resume_settings(s, sources):
                              f"{', '.join(have) or 'no checkpoints'}): pick one of those steps")
     else:
         resume_from = checkpoint.latest(s["out_dir"])
-    if resume_from is None and checkpoint.torn(s["out_dir"]):
-        raise InputError(f"--init_from=resume but {s['out_dir']} holds no whole checkpoint ({checkpoint.torn(s['out_dir'])}): "
-                         "a save was interrupted or files were deleted; put them back, or train again in a new --out_dir")
+    torn = checkpoint.torn(s["out_dir"]) if resume_from is None else None
+    if torn:
+        raise InputError(f"--init_from=resume but {s['out_dir']} holds no whole checkpoint ({torn}): a save was "
+                         "interrupted or files were deleted; put them back, or train again in a new --out_dir")
     if resume_from is None and checkpoint.is_checkpoint(s["out_dir"]):
         raise InputError(f"--init_from=resume continues a run directory, and {s['out_dir']} is one checkpoint: to "
                          f"train from it, --init_from={s['out_dir']} --out_dir=<new>")
@@ -514,7 +516,7 @@ def precision(dtype, device_type, fsdp):
         dtype = "float32"  # bf16 matmuls are emulated without AVX512 (65x slower than fp32 on an AVX2 EPYC)
         print("note: this CPU has no fast bfloat16 (no AVX512): training in float32")
     if dtype == "float16" and device_type == "cpu":
-        dtype = "float32"  # fp16 autocast on a CPU runs emulated kernels, about 50x slower than fp32 on this EPYC
+        dtype = "float32"  # CPU autocast to fp16 runs emulated kernels: elm_tiny's step 50x fp32's on a 2-core EPYC
         print("note: a CPU has no fast float16: training in float32")
     if fsdp and dtype == "float16":
         raise InputError("FSDP here runs bfloat16 or float32, not float16: use --dtype=bfloat16")

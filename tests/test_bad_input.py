@@ -382,7 +382,7 @@ def test_prepare_export_and_weight_diff_refuse_bad_input(world, tmp_path):
 def test_help_lists_the_settings_with_their_defaults():
     for script, doc, line in (("train.py", "Pretraining and finetuning of OpenELM and LLaMA.", "  learning_rate = 3e-4\n"),
                               ("sample.py", "Generation from our checkpoints", "  temperature = 0.8  # 0 = greedy\n"),
-                              ("prepare.py", "", "  vocab_size = 8192"), ("eval.py", "", '  init_from = "out/elm_tiny"')):
+                              ("prepare.py", "", "  vocab_size = 8192"), ("eval.py", "Perplexity and lm-evaluation-harness-style", '  init_from = "out/elm_tiny"')):
         for flag in ("--help", "-h") if script == "train.py" else ("--help",):
             p = subprocess.run([sys.executable, script, "configs/elm_tiny.py", flag], cwd=ROOT, capture_output=True,
                                text=True, timeout=120)

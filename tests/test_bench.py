@@ -127,26 +127,3 @@ def test_bad_options_stop_before_any_timing(tmp_path, monkeypatch):
         "error: unknown section 'nope': use python bench.py {decode|train|finetune|gpu} (the module docstring lists "
         "their options)"]
 
-
-def test_a_folder_of_its_own_is_reused_or_made_again(tmp_path, monkeypatch):
-    """bench.py finetune's chat data: prepare.py refuses to replace finished data made otherwise (a user's folder),
-    so the section remakes its own folder when the checkpoint's tokenizer changed, and reuses it when it did not."""
-    import prepare
-    import sentencepiece as spm
-    src = tmp_path / "text"
-    src.mkdir()
-    (src / "a.txt").write_text("".join(f"{i} red birds over {i + 1} cold rivers.\n" for i in range(300)))
-    for name, words in (("one", "red bird cold river"), ("two", "blue fish warm sea")):
-        spm.SentencePieceTrainer.train(sentence_iterator=iter([f"{words} {i}" for i in range(300)]), vocab_size=60,
-                                       model_prefix=str(tmp_path / name), minloglevel=2, hard_vocab_limit=False)
-    out, kw = str(tmp_path / "own"), dict(source=str(src), num_proc=1, val_fraction=0.0, test_fraction=0.0)
-    first = bench.prepared_own(out, tokenizer=str(tmp_path / "one.model"), **kw)
-    calls = []
-    monkeypatch.setattr(prepare, "_tokenize", lambda *a, _t=prepare._tokenize: calls.append(1) or _t(*a))
-    assert bench.prepared_own(out, tokenizer=str(tmp_path / "one.model"), **kw) == first and not calls  # reused
-    with pytest.raises(InputError, match="already holds data prepared with other settings"):
-        prepare.prepare_data(out, tokenizer=str(tmp_path / "two.model"), **kw)  # what a user's folder gets
-    again = bench.prepared_own(out, tokenizer=str(tmp_path / "two.model"), **kw)
-    import tokenizer
-    assert calls and again != first  # made again, with the new tokenizer
-    assert tokenizer.same_tokenizer(data.load_tokenizer(out), tokenizer.Tokenizer(str(tmp_path / "two.model")))

@@ -231,7 +231,7 @@ def test_rerun_resumes_after_the_last_finished_shard(prepared, corpus, sp_model,
     # finished data is never replaced by a run with other settings (which could still fail): refused, untouched
     before = _bytes(out)
     with pytest.raises(InputError, match=r"r already holds data prepared with other settings \(shard_tokens=2500 -> "
-                                         r"1000000000\): give another --name, or delete .*r to prepare it again$"):
+                                         r"1000000000\): give another --name, or --replace=True to prepare it again in its place$"):
         _run(out, corpus, tokenizer=sp_model, shard_tokens=10**9)
     assert _bytes(out) == before
     # an interrupted run with other settings starts over and leaves no stale shards behind
@@ -258,9 +258,15 @@ def test_finished_data_is_not_replaced_by_another_tokenizer_or_an_unknown_run(co
         _run(out, corpus, tokenizer=str(tok))
     assert _bytes(out) == before
     os.remove(out / "manifest.json")
-    with pytest.raises(InputError, match=r"no manifest.json \(by hand, or an older prepare.py\)"):
-        _run(out, corpus, vocab_size=300)
+    with pytest.raises(InputError, match=r"no manifest.json \(by hand, or an older prepare.py\): give another --name, "
+                                         r"or --replace=True to prepare it again in its place$"):
+        _run(out, corpus, tokenizer=str(tok))
     assert _bytes(out) == before
+    # asked for: prepared again in its place, with the new tokenizer (bench.py finetune's own folder does this);
+    # then up to date, with nothing tokenized again
+    meta = _run(out, corpus, tokenizer=str(tok), replace=True)
+    assert tz.same_tokenizer(data_lib.load_tokenizer(out), tz.Tokenizer(str(tok))) and _bytes(out) != before
+    assert _run(out, corpus, tokenizer=str(tok), replace=True) == meta
 
 
 class _FakeTiktoken:

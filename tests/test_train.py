@@ -422,7 +422,7 @@ def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path, capsys):
     (tmp_path / "ep.py").write_text("max_iters = 4\nwarmup_iters = 2\nlr_decay_iters = 8\n")  # a recipe's counts
     counts = ("max_iters", "warmup_iters", "lr_decay_iters")
     kw = {k: v for k, v in base(tmp_path, str(d), "ep", epochs=3.0, warmup_ratio=0.2, lr_schedule="linear",
-                                min_lr=0.0).items() if k not in counts}
+                                min_lr=0.0, eval_interval=4).items() if k not in counts}
     train.main([str(tmp_path / "ep.py"), *args(**kw)])
     log = [json.loads(line) for line in open(kw["log_file"])]
     assert [r["step"] for r in log] == list(range(1, 9))  # ceil(3 * 10 / 4) = 8 steps
@@ -431,6 +431,7 @@ def test_linear_schedule_and_epochs_with_warmup_ratio(tmp_path, capsys):
     out = capsys.readouterr().out  # the config file's step counts (4, 2 and 8) are replaced, and the run says so
     assert ("note: epochs=3.0 sets max_iters=8 (not the 4 of the settings)" in out and
             "note: warmup_ratio=0.2 sets warmup_iters=2" not in out)  # 2 either way: no note
+    assert f"note: {d} has no val rows: no val loss" in out  # chat rows: no val split at all
     saved = checkpoint.read_info(checkpoint.latest(str(tmp_path / "ep")))["settings"]  # the counts that trained
     assert (saved["max_iters"], saved["warmup_iters"], saved["lr_decay_iters"]) == (8, 2, 8)
     train.main([str(tmp_path / "ep.py"), *args(init_from="resume", out_dir=str(tmp_path / "ep"), epochs=6.0)])
